@@ -1,0 +1,73 @@
+"""create_app(): the ASGI application, its middleware chain and the lifespan that owns the shared client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from gateway import scope as keys
+from gateway.admin import gateway_endpoints
+from gateway.client import create_client
+from gateway.clientip import ClientIPResolver
+from gateway.errors import PROBLEM_TYPE, problem_body
+from gateway.middleware.requestid import RequestIdMiddleware
+from gateway.proxy import ProxyEndpoint
+from gateway.routing import GatewayRouter, RouteTable
+from gateway.static import StaticEndpoint
+from settings import GatewaySettings, RouteSettings, load_settings
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    middleware: Sequence[Middleware] = (),
+) -> Starlette:
+    """The gateway as a Starlette app.
+
+    `settings` defaults to load_settings() (environment, .env, GATEWAY_CONFIG); `transport` goes under the
+    shared httpx client (tests pass `httpx.MockTransport`); `middleware` runs after the request id is set
+    and before the route is matched.
+    """
+    settings = settings or load_settings()
+    client = create_client(settings.client, transport)
+    resolver = ClientIPResolver(settings.proxy.trusted_proxies)
+
+    def endpoint_for(route: RouteSettings) -> ASGIApp:
+        if route.static_dir is not None:
+            return StaticEndpoint(route.prefix, route.static_dir)
+        return ProxyEndpoint(route, client, resolver)
+
+    table = RouteTable({route.prefix: endpoint_for(route) for route in settings.routes})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = Starlette(
+        middleware=[Middleware(RequestIdMiddleware), *middleware],
+        exception_handlers={500: _internal_error},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False
+    app.router.default = GatewayRouter(table, gateway_endpoints())
+    app.state.settings = settings
+    app.state.client = client
+    return app
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Last resort for a bug in the gateway or a user middleware; the traceback goes to the server log only."""
+    request_id = request.scope.get(keys.REQUEST_ID, "")
+    body = problem_body(500, "The gateway failed to handle this request.", request_id)
+    return Response(body, 500, {"x-request-id": request_id} if request_id else None, media_type=PROBLEM_TYPE)

@@ -1,0 +1,79 @@
+"""One table from failure to status, and the short JSON problem body (RFC 9457) every error uses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httpx
+from starlette.types import Send
+
+
+class BadRequest(Exception):
+    """The request is malformed (a bad target or framing the server let through)."""
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the route's `max_body_bytes`."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before the exchange ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    status: int
+    detail: str
+    log_level: int
+
+
+MALFORMED = Failure(400, "The request is malformed.", logging.INFO)
+TOO_LARGE = Failure(413, "The request body is larger than this route accepts.", logging.INFO)
+UNREACHABLE = Failure(502, "The upstream could not be reached.", logging.ERROR)
+BROKEN = Failure(502, "The upstream sent an invalid or incomplete response.", logging.ERROR)
+TIMED_OUT = Failure(504, "The upstream did not answer in time.", logging.ERROR)
+POOL_FULL = Failure(503, "No upstream connection became free in time.", logging.WARNING)
+
+# Most specific first: the first class the exception is an instance of decides.
+_FAILURES: tuple[tuple[type[BaseException], Failure], ...] = (
+    (BadRequest, MALFORMED),
+    (BodyTooLarge, TOO_LARGE),
+    (httpx.PoolTimeout, POOL_FULL),
+    (httpx.TimeoutException, TIMED_OUT),
+    (TimeoutError, TIMED_OUT),
+    (httpx.ConnectError, UNREACHABLE),
+    (httpx.TransportError, BROKEN),
+    (httpx.DecodingError, BROKEN),
+)
+
+
+def failure_for(exc: BaseException) -> Failure | None:
+    """The response for an exception raised while relaying, or None when it is a bug (left to the 500 handler)."""
+    for kind, failure in _FAILURES:
+        if isinstance(exc, kind):
+            return failure
+    return None
+
+
+PROBLEM_TYPE = "application/problem+json"
+
+
+def problem_body(status: int, detail: str, request_id: str) -> bytes:
+    """A short problem document naming the request id, and nothing internal."""
+    return json.dumps(
+        {"status": status, "title": HTTPStatus(status).phrase, "detail": detail, "request_id": request_id}
+    ).encode()
+
+
+async def send_problem(send: Send, status: int, detail: str, request_id: str = "") -> None:
+    """Answer with an `application/problem+json` body."""
+    body = problem_body(status, detail, request_id)
+    headers = [
+        (b"content-type", PROBLEM_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

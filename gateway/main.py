@@ -1,0 +1,20 @@
+"""`uvicorn gateway.main:app`: the gateway with settings from the environment.
+
+A wrong setting ends the process here with one line per problem and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gateway.app import create_app
+from gateway.logs import configure_logging
+from settings import SettingsError, load_settings
+
+try:
+    _settings = load_settings()
+except SettingsError as exc:
+    sys.exit("\n".join(f"configuration error: {problem}" for problem in exc.problems))
+
+configure_logging(_settings.server.log_level)
+app = create_app(_settings)

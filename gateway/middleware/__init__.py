@@ -1,0 +1,1 @@
+"""The gateway's own pure-ASGI middleware, one concern per module."""

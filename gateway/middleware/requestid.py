@@ -1,0 +1,45 @@
+"""Request ids: keep a sane incoming X-Request-ID or make one, and echo it on every response."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import scope as keys
+
+# Ids a client may choose: short, and nothing that could break a log line or a header.
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Settles `scope["gateway.request_id"]` and adds `x-request-id` to the response.
+
+    Trusts an incoming X-Request-ID only as far as its shape; anything else is replaced by a random id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _ACCEPTABLE_ID.fullmatch(candidate):
+                    request_id = candidate
+                break
+        request_id = request_id or uuid.uuid4().hex
+        scope[keys.REQUEST_ID] = request_id
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

@@ -1,0 +1,194 @@
+"""The terminal endpoint of a proxied route: pick an upstream, relay the request, stream the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from gateway import scope as keys
+from gateway.clientip import ClientIPResolver
+from gateway.errors import BadRequest, BodyTooLarge, ClientGone, failure_for, send_problem
+from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
+from gateway.paths import strip_segments, url_safe
+from gateway.upstreams import Upstream, WeightedRoundRobin
+from settings import RouteSettings
+
+logger = logging.getLogger("gateway.proxy")
+
+
+class Exchange:
+    """Per-request relay state: whether the response started, and whether the client is still there."""
+
+    __slots__ = ("_watcher", "client_gone", "receive", "response_started", "send", "task")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self.receive = receive
+        self.send = send
+        self.task = asyncio.current_task()
+        self.response_started = False
+        self.client_gone = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    def watch_for_disconnect(self) -> None:
+        """Cancel the relay when the client goes away. Only once the request body is consumed, since
+        the watcher then owns `receive`."""
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.client_gone = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
+class ProxyEndpoint:
+    """Relays one route's requests to its upstreams through the shared client.
+
+    Trusts the validated route settings and `scope[gateway.request_id]`; believes forwarding headers only
+    through `resolver`. Answers 413/502/503/504 itself; after the response started, a failure aborts the
+    connection so the client can tell the body is incomplete.
+    """
+
+    def __init__(self, route: RouteSettings, client: httpx.AsyncClient, resolver: ClientIPResolver) -> None:
+        self._client = client
+        self._resolver = resolver
+        self._prefix = route.prefix.encode()
+        self._strip = route.strip_prefix and route.prefix != "/"
+        self._preserve_host = route.preserve_host
+        self._max_body = route.max_body_bytes
+        self._total = route.timeouts.total
+        self._timeouts = {
+            "connect": route.timeouts.connect,
+            "read": route.timeouts.read,
+            "write": route.timeouts.write,
+            "pool": route.timeouts.pool,
+        }
+        self._balancer = WeightedRoundRobin([Upstream(upstream) for upstream in route.upstreams])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(receive, send)
+        upstream = self._balancer.pick()
+        scope[keys.UPSTREAM] = upstream.url
+        try:
+            try:
+                async with asyncio.timeout(self._total):
+                    await self._relay(scope, exchange, upstream)
+            finally:
+                exchange.stop_watching()
+        except asyncio.CancelledError:
+            if not exchange.client_gone:
+                raise
+            if exchange.task is not None:
+                exchange.task.uncancel()
+            logger.info("client went away; upstream exchange with %s cancelled", upstream.url)
+        except ClientGone:
+            logger.info("client went away while sending its body to %s", upstream.url)
+        except Exception as exc:
+            failure = failure_for(exc)
+            if failure is None:
+                raise
+            request_id = scope.get(keys.REQUEST_ID, "")
+            logger.log(
+                failure.log_level,
+                "%s %s via %s failed with %d: %s (%s) request_id=%s",
+                scope["method"],
+                scope["path"],
+                upstream.url,
+                failure.status,
+                exc.__class__.__name__,
+                "response aborted" if exchange.response_started else "error response sent",
+                request_id,
+            )
+            if not exchange.response_started:
+                await send_problem(send, failure.status, failure.detail, request_id)
+
+    async def _relay(self, scope: Scope, exchange: Exchange, upstream: Upstream) -> None:
+        request = self._upstream_request(scope, exchange, upstream)
+        response = await self._client.send(request, stream=True)
+        try:
+            status = response.status_code
+            await exchange.send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": client_response_headers(response.headers.raw, status),
+                }
+            )
+            exchange.response_started = True
+            if status not in BODYLESS_STATUSES:
+                async for chunk in response.aiter_raw():
+                    await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await exchange.send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+    def _upstream_request(self, scope: Scope, exchange: Exchange, upstream: Upstream) -> httpx.Request:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        declared_length, has_body = _body_framing(headers)
+        if self._max_body is not None and declared_length > self._max_body:
+            raise BodyTooLarge
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
+        target = upstream.base_path + path
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        peer = scope["client"][0] if scope.get("client") else ""
+        forwarded = ForwardedFor(
+            peer=peer,
+            scheme=scope["scheme"],
+            prefix=self._prefix if self._strip else b"",
+            trusted=self._resolver.is_trusted(peer),
+            request_id=scope.get(keys.REQUEST_ID, "").encode("latin-1"),
+        )
+        content = self._request_body(exchange) if has_body else None
+        if content is None:
+            exchange.watch_for_disconnect()
+        return httpx.Request(
+            scope["method"],
+            httpx.URL(scheme=upstream.scheme, host=upstream.host, port=upstream.port, raw_path=url_safe(target)),
+            headers=upstream_request_headers(headers, forwarded, preserve_host=self._preserve_host),
+            content=content,
+            extensions={"timeout": self._timeouts},
+        )
+
+    async def _request_body(self, exchange: Exchange) -> AsyncIterator[bytes]:
+        """Stream the client's body upstream, enforcing `max_body_bytes` as it arrives (chunked too)."""
+        received = 0
+        more_body = True
+        while more_body:
+            message = await exchange.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            more_body = message.get("more_body", False)
+            received += len(chunk)
+            if self._max_body is not None and received > self._max_body:
+                raise BodyTooLarge
+            if chunk:
+                yield chunk
+        exchange.watch_for_disconnect()
+
+
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
+    """(declared Content-Length or 0, whether a body follows). The server has already rejected
+    conflicting or malformed framing."""
+    length = 0
+    chunked = False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            if not value.isdigit():
+                raise BadRequest
+            length = int(value)
+        elif lowered == b"transfer-encoding":
+            chunked = True
+    return length, chunked or length > 0

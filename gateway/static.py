@@ -1,0 +1,24 @@
+"""Static-file routes (`static_dir`): Starlette's StaticFiles below the route's prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+
+class StaticEndpoint:
+    """Serves files from one folder; the route prefix is removed from the path first.
+
+    StaticFiles refuses paths that resolve outside its folder and answers GET and HEAD only.
+    """
+
+    def __init__(self, prefix: str, directory: Path) -> None:
+        self._prefix = "" if prefix == "/" else prefix
+        self._files = StaticFiles(directory=directory, html=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        child = dict(scope)
+        child["root_path"] = scope.get("root_path", "") + self._prefix
+        await self._files(child, receive, send)

@@ -1,0 +1,18 @@
+"""Validated settings for the gateway: one source of truth, read once at start-up."""
+
+from settings.gateway import GatewaySettings, SettingsError, load_settings
+from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
+from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
+
+__all__ = [
+    "ClientSettings",
+    "GatewaySettings",
+    "ProxySettings",
+    "RouteSettings",
+    "ServerSettings",
+    "SettingsError",
+    "TimeoutSettings",
+    "TlsSettings",
+    "UpstreamSettings",
+    "load_settings",
+]

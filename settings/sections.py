@@ -1,0 +1,72 @@
+"""The non-route sections of the settings: `[server]`, `[tls]`, `[proxy]` and `[client]`."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class ServerSettings(BaseModel):
+    """How `python -m gateway` runs uvicorn; `uvicorn gateway.main:app` takes these from its own flags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on. Default 127.0.0.1.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on; the PORT variable wins. Default 8000.")
+    workers: int = Field(1, ge=1, description="Worker processes; state such as pools is per worker. Default 1.")
+    keepalive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle client connection stays open. Default 5 (Procfile: 95)."
+    )
+    graceful_shutdown_timeout: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown. Default 30."
+    )
+    log_level: LogLevel = Field("info", description="Level of the `gateway.*` and uvicorn loggers. Default info.")
+
+
+class TlsSettings(BaseModel):
+    """TLS termination by uvicorn under `python -m gateway`; both files or neither."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    certfile: Path | None = Field(None, description="PEM certificate chain. Default none (plain HTTP).")
+    keyfile: Path | None = Field(None, description="PEM private key for `certfile`. Default none.")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: set both or neither")
+        for path in (self.certfile, self.keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{str(path)!r} is not a readable file")
+        return self
+
+
+class ProxySettings(BaseModel):
+    """Which peers may tell the gateway who the client is (X-Forwarded-*, Forwarded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="Networks (CIDR) whose forwarding headers are believed. Default none: the peer is the client.",
+    )
+
+
+class ClientSettings(BaseModel):
+    """The shared upstream client's connection pool and TLS verification."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_connections: int = Field(
+        1000, ge=1, description="Most upstream connections open at once, over all upstreams. Default 1000."
+    )
+    max_keepalive_connections: int = Field(
+        200, ge=0, description="Most idle upstream connections kept for reuse. Default 200."
+    )
+    keepalive_expiry: float = Field(30.0, ge=0, description="Seconds an idle upstream connection is kept. Default 30.")
+    verify: bool = Field(True, description="Verify upstream TLS certificates. Default true.")
