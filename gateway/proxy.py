@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import cast
 
 import httpx
 from starlette.types import Receive, Scope, Send
@@ -125,7 +126,10 @@ class ProxyEndpoint:
             )
             exchange.response_started = True
             if status not in BODYLESS_STATUSES:
-                async for chunk in response.aiter_raw():
+                # The raw stream, not aiter_raw(): same bytes and error mapping, and it also relays a body
+                # that a mock transport has already read.
+                body = cast(httpx.AsyncByteStream, response.stream)
+                async for chunk in body:
                     await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
             await exchange.send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

@@ -1,0 +1,245 @@
+"""Real servers on 127.0.0.1 for the tests: the gateway under uvicorn, and upstreams that misbehave on command.
+
+Everything binds port 0 on loopback and is stopped by its context manager; every wait has a time limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+import uvicorn
+from starlette.types import ASGIApp
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 15.0  # seconds: the most any helper waits for a server to come up or go down
+
+
+def loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serve_app(app: ASGIApp, **config: Any) -> Iterator[str]:
+    """Run `app` under a real uvicorn (httptools, uvloop) in a thread; yield its base URL."""
+    sock = loopback_socket()
+    options: dict[str, Any] = {"log_level": "warning", "proxy_headers": False, "lifespan": "on"}
+    options.update(config)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(WAIT)
+        sock.close()
+
+
+@dataclass
+class Received:
+    """One request as the upstream read it off the wire."""
+
+    method: str
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key.lower() == name]
+
+
+Responder = Callable[["UpstreamHandler", Received], None]
+
+
+def respond_echo(handler: UpstreamHandler, request: Received) -> None:
+    body = b"%s %s" % (request.method.encode(), request.target)
+    handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s" % (len(body), body))
+
+
+class UpstreamHandler(socketserver.StreamRequestHandler):
+    """Reads HTTP/1.1 requests (Content-Length or chunked bodies) and lets the test's responder answer."""
+
+    server: ScriptedServer
+
+    def handle(self) -> None:
+        self.server.connections += 1
+        while True:
+            request = self._read_request()
+            if request is None:
+                return
+            self.server.record(request)
+            try:
+                self.server.responder(self, request)
+            except (BrokenPipeError, ConnectionResetError):
+                self.server.client_went_away.set()
+                return
+            if self.server.close_after_response:
+                return
+
+    def write(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def reset(self) -> None:
+        """Close with RST instead of FIN."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.connection.close()
+
+    def _read_request(self) -> Received | None:
+        line = self.rfile.readline(65537)
+        if not line:
+            return None
+        method, target, _ = line.split(b" ", 2)
+        headers = []
+        while (line := self.rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.partition(b":")
+            headers.append((name, value.strip()))
+        request = Received(method.decode(), target, headers, b"")
+        if self.server.read_body:
+            request.body = self._read_body(request)
+        return request
+
+    def _read_body(self, request: Received) -> bytes:
+        if request.header(b"transfer-encoding"):
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        length = request.header(b"content-length")
+        return self.rfile.read(int(length[0])) if length else b""
+
+
+class ScriptedServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, responder: Responder) -> None:
+        super().__init__(("127.0.0.1", 0), UpstreamHandler)
+        self.responder = responder
+        self.requests: list[Received] = []
+        self.connections = 0
+        self.read_body = True
+        self.close_after_response = False
+        self.client_went_away = threading.Event()
+        self._lock = threading.Lock()
+
+    def record(self, request: Received) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@contextlib.contextmanager
+def scripted_upstream(responder: Responder = respond_echo) -> Iterator[ScriptedServer]:
+    """A raw HTTP/1.1 upstream in threads, answering through `responder`, recording what it received."""
+    server = ScriptedServer(responder)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT)
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def peak_rss_kib(self) -> int:
+        return _status_kib(self.process.pid, "VmHWM")
+
+    def rss_kib(self) -> int:
+        return _status_kib(self.process.pid, "VmRSS")
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@contextlib.contextmanager
+def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[GatewayProcess]:
+    """`uvicorn gateway.main:app` in its own process (for memory and signal tests), on a pre-bound socket."""
+    sock = loopback_socket()
+    sock.listen(128)
+    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--fd", str(sock.fileno())]
+    command += ["--no-proxy-headers", "--log-level", "warning", *args]
+    full_env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+    full_env.update(env)
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=[sock.fileno()], stderr=log)
+    gateway = GatewayProcess(f"http://127.0.0.1:{sock.getsockname()[1]}", process, log)
+    try:
+        _wait_for_health(gateway.url, process, log)
+        yield gateway
+    finally:
+        log.close()
+        process.terminate()
+        try:
+            process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(WAIT)
+        sock.close()
+
+
+def _wait_for_health(url: str, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"gateway exited: {log.read().decode(errors='replace')}")
+        try:
+            if httpx.get(url + "/_gateway/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("gateway did not become healthy")
+
+
+def raw_request(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to the server at `url` and read until it closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(data)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
