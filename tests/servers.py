@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -95,7 +95,7 @@ class UpstreamHandler(socketserver.StreamRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 self.server.client_went_away.set()
                 return
-            if self.server.close_after_response:
+            if self.server.close_after_response or self.connection.fileno() == -1:
                 return
 
     def write(self, data: bytes) -> None:
@@ -103,8 +103,9 @@ class UpstreamHandler(socketserver.StreamRequestHandler):
         self.wfile.flush()
 
     def reset(self) -> None:
-        """Close with RST instead of FIN."""
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        """Close with RST instead of FIN (the file objects hold the socket open until they close too)."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()
         self.connection.close()
 
     def _read_request(self) -> Received | None:

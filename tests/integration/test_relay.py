@@ -1,0 +1,186 @@
+"""The relay through a real uvicorn gateway to a raw upstream that records exactly what it received."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway import create_app
+from tests.conftest import settings_with
+from tests.servers import ROOT, Received, ScriptedServer, UpstreamHandler, raw_request, scripted_upstream, serve_app
+
+
+@pytest.fixture
+def upstream() -> Iterator[ScriptedServer]:
+    with scripted_upstream() as server:
+        yield server
+
+
+def gateway(*routes: dict[str, Any], **sections: Any) -> Any:
+    return serve_app(create_app(settings_with(*routes, **sections)))
+
+
+def connect(url: str) -> http.client.HTTPConnection:
+    host, port = url.removeprefix("http://").split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=10)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/api/a%20b/c+d;v=1/%41%7e?x=1&x=2&q=a+b%2Bc&empty=&flag&u=%E2%9C%93",
+        b"/api/x?next=%2Fhome%2F..%2Fx&path=/a/../b",
+        b"/api/UPPER/lower/MiXeD?A=1&a=2",
+        b"/api?only=query",
+    ],
+)
+def test_target_reaches_the_upstream_byte_for_byte(upstream: ScriptedServer, target: bytes) -> None:
+    with gateway({"prefix": "/api", "upstreams": [upstream.url]}) as url:
+        answer = raw_request(url, b"GET %s HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n" % target)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[-1].target == target
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/api/../admin",
+        b"/api/%2e%2e/admin",
+        b"/api/%2E%2E%2Fadmin",
+        b"/api/..%2fadmin",
+        b"/api/..%5cadmin",
+        b"/api/..\\admin",
+        b"/api/%252e%252e/admin",
+        b"/api/..;/admin",
+        b"/api/%00/admin",
+    ],
+)
+def test_targets_that_could_leave_the_prefix_are_refused(upstream: ScriptedServer, target: bytes) -> None:
+    with gateway({"prefix": "/api", "upstreams": [upstream.url]}, {"prefix": "/", "upstreams": [upstream.url]}) as url:
+        answer = raw_request(url, b"GET %s HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n" % target)
+    assert answer.split(b"\r\n")[0] in (b"HTTP/1.1 400 Bad Request",)
+    assert upstream.requests == []
+
+
+def test_repeated_headers_stay_separate_lines_both_ways() -> None:
+    def cookies(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+            b"Set-Cookie: a=1\r\nSet-Cookie: b=2; Expires=Wed, 21 Oct 2026 07:28:00 GMT\r\nSet-Cookie: c=3\r\n\r\nok"
+        )
+
+    with scripted_upstream(cookies) as upstream, gateway({"prefix": "/", "upstreams": [upstream.url]}) as url:
+        answer = raw_request(url, b"GET / HTTP/1.1\r\nHost: gw\r\nX-Tag: a\r\nX-Tag: b, c\r\nConnection: close\r\n\r\n")
+    lines = answer.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert [line for line in lines if line.lower().startswith(b"set-cookie")] == [
+        b"set-cookie: a=1",
+        b"set-cookie: b=2; Expires=Wed, 21 Oct 2026 07:28:00 GMT",
+        b"set-cookie: c=3",
+    ]
+    assert upstream.requests[0].header(b"x-tag") == [b"a", b"b, c"]
+
+
+def test_hop_by_hop_headers_are_removed_both_ways() -> None:
+    def hoppy(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Upstream-Hop\r\n"
+            b"X-Upstream-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-End: 1\r\n\r\nok"
+        )
+
+    with scripted_upstream(hoppy) as upstream, gateway({"prefix": "/", "upstreams": [upstream.url]}) as url:
+        answer = raw_request(
+            url,
+            b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close, X-Client-Hop\r\nX-Client-Hop: 1\r\n"
+            b"Proxy-Authorization: Basic c2VjcmV0\r\nKeep-Alive: 1\r\nTE: trailers\r\nX-Kept: 1\r\n\r\n",
+        )
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    for name in (b"x-upstream-hop", b"keep-alive", b"proxy-authenticate"):
+        assert name not in head
+    assert b"x-end: 1" in head
+    received = {name.lower() for name, _ in upstream.requests[0].headers}
+    assert not received & {b"x-client-hop", b"proxy-authorization", b"keep-alive", b"te"}
+    assert b"x-kept" in received
+    assert upstream.requests[0].header(b"connection") in ([], [b"keep-alive"])
+
+
+def test_one_date_and_no_upstream_server_header() -> None:
+    def dated(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(
+            b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nServer: upstream/1.0\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    with scripted_upstream(dated) as upstream, gateway({"prefix": "/", "upstreams": [upstream.url]}) as url:
+        answer = raw_request(url, b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    lines = [line.lower() for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n")]
+    assert len([line for line in lines if line.startswith(b"date:")]) == 1
+    assert len([line for line in lines if line.startswith(b"server:")]) <= 1
+    assert b"server: upstream/1.0" not in lines
+
+
+@pytest.mark.parametrize(
+    ("method", "status_line", "extra"),
+    [
+        ("HEAD", b"200 OK", b"Content-Length: 1234\r\n"),
+        ("GET", b"204 No Content", b""),
+        ("GET", b"304 Not Modified", b'ETag: "v1"\r\nContent-Length: 1234\r\n'),
+    ],
+)
+def test_head_204_and_304_carry_no_body_and_keep_the_connection(method: str, status_line: bytes, extra: bytes) -> None:
+    def bodyless(handler: UpstreamHandler, request: Received) -> None:
+        if request.target == b"/next":
+            handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+        else:
+            handler.write(b"HTTP/1.1 %s\r\n%s\r\n" % (status_line, extra))
+
+    with scripted_upstream(bodyless) as upstream, gateway({"prefix": "/", "upstreams": [upstream.url]}) as url:
+        upstream.read_body = True
+        conn = connect(url)
+        conn.request(method, "/")
+        first = conn.getresponse()
+        assert first.read() == b""
+        conn.request("GET", "/next")
+        second = conn.getresponse()
+        assert second.read() == b"next"
+        conn.close()
+    if method == "HEAD":
+        assert first.getheader("content-length") == "1234"
+
+
+def test_expect_100_continue() -> None:
+    with scripted_upstream() as upstream, gateway({"prefix": "/", "upstreams": [upstream.url]}) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"POST /up HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            interim = conn.recv(1024)
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+            conn.sendall(b"hello")
+            final = conn.recv(4096)
+    assert final.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[0].body == b"hello"
+    assert upstream.requests[0].header(b"expect") == []
+
+
+def test_static_route_serves_files_and_refuses_escapes(tmp_path: Any) -> None:
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "hello.txt").write_text("hi")
+    (tmp_path / "secret.txt").write_text("secret")
+    with gateway({"prefix": "/static", "static_dir": str(tmp_path / "public")}) as url:
+        assert httpx.get(url + "/static/hello.txt").text == "hi"
+        assert httpx.get(url + "/static/missing.txt").status_code == 404
+        escape = raw_request(url, b"GET /static/%2e%2e/secret.txt HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        assert escape.startswith(b"HTTP/1.1 400")
+        assert httpx.post(url + "/static/hello.txt").status_code == 405
+
+
+def test_default_configuration_answers_something_real() -> None:
+    with serve_app(create_app()) as url:
+        page = httpx.get(url + "/")
+        health = httpx.get(url + "/_gateway/health")
+    assert page.status_code == 200 and "The gateway is running" in page.text
+    assert health.json() == {"status": "ok"}
+    assert (ROOT / "settings" / "welcome" / "index.html").is_file()
