@@ -137,6 +137,7 @@ class UpstreamHandler(socketserver.StreamRequestHandler):
 class ScriptedServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024
 
     def __init__(self, responder: Responder) -> None:
         super().__init__(("127.0.0.1", 0), UpstreamHandler)
