@@ -1,0 +1,93 @@
+"""How the gateway is started: the Procfile on a PaaS, `python -m gateway`, and the README's commands."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from gateway.__main__ import server_options
+from settings import load_settings
+from settings.reference import END, START, reference
+from tests.servers import ROOT, WAIT, loopback_socket
+
+
+def free_port() -> int:
+    sock = loopback_socket()
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        try:
+            if httpx.get(url + "/_gateway/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("the gateway did not come up")
+
+
+def test_procfile_serves_on_port_keeps_idle_connections_and_stops_gracefully() -> None:
+    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    port = free_port()
+    env = {
+        "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+        "PORT": str(port),
+        "GATEWAY_PROXY__TRUSTED_PROXIES": '["10.0.0.0/8"]',
+    }
+    process = subprocess.Popen(
+        ["sh", "-c", web.removeprefix("web:")], cwd=ROOT, env=env, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/_gateway/health")
+        assert conn.getresponse().read() == b'{"status":"ok"}'
+        time.sleep(6)  # longer than uvicorn's default keep-alive of 5 s
+        conn.request("GET", "/_gateway/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(WAIT)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so that the platform sees the usual exit.
+    assert code in (0, -signal.SIGTERM)
+    assert process.stderr is not None
+    assert "Application shutdown complete" in process.stderr.read().decode()
+
+
+def test_python_m_gateway_options_follow_settings_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_SERVER__KEEPALIVE_TIMEOUT", "95")
+    monkeypatch.setenv("GATEWAY_SERVER__WORKERS", "2")
+    monkeypatch.setenv("PORT", "5123")
+    options = server_options(load_settings())
+    assert options["port"] == 5123
+    assert options["timeout_keep_alive"] == 95
+    assert options["workers"] == 2
+    assert options["proxy_headers"] is False and options["server_header"] is False
+    assert server_options(load_settings(), host="0.0.0.0", port=1)["host"] == "0.0.0.0"
+
+
+def test_readme_configuration_reference_matches_the_models() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(START), readme.index(END) + len(END)
+    assert readme[start:end] == reference(), "run `python -m settings.reference` and paste it into README.md"
+
+
+def test_readme_opens_with_the_run_and_test_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```")
+    first_commands = [line for line in blocks[1].splitlines() if line and not line.startswith(("#", "bash", "sh"))]
+    assert first_commands[0] == "pip install -r requirements.txt && python -m gateway"
+    assert first_commands[1] == "pip install -r requirements-dev.txt && python -m pytest"
+    assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
