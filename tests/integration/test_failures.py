@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -191,3 +192,33 @@ def test_a_request_the_server_cannot_parse_gets_400() -> None:
         answer = raw_request(url, b"GET / HTTP/1.1\r\nHost: gw\r\nContent-Length: abc\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400")
     assert upstream.requests == []
+
+
+def test_many_clients_leaving_mid_exchange_leave_the_pool_usable() -> None:
+    """Clients that give up while their upstream exchanges are in flight must not leak pooled connections."""
+
+    def slowish(handler: UpstreamHandler, request: Received) -> None:
+        time.sleep(0.3)
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def leave_early(port: int, count: int) -> None:
+        async def one() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /abandoned HTTP/1.1\r\nHost: gw\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.transport.abort()
+
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 30)
+
+    route = route_to("", timeouts={"pool": 2})
+    with scripted_upstream(slowish) as upstream:
+        route["upstreams"] = [upstream.url]
+        settings = settings_with(route, client={"max_connections": 50})
+        with serve_app(create_app(settings)) as url:
+            port = int(url.rsplit(":", 1)[1])
+            for _ in range(4):
+                asyncio.run(leave_early(port, 120))
+            time.sleep(0.5)
+            answers = [httpx.get(url + "/after", timeout=10).status_code for _ in range(5)]
+    assert answers == [200] * 5
