@@ -6,6 +6,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
+from gateway.transport import RelayTransport
 from settings import ClientSettings
 
 
@@ -15,9 +16,8 @@ def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport 
     Timeouts are set per request from the route, so the client's own are only a fallback.
     """
     if transport is None:
-        transport = httpx.AsyncHTTPTransport(
+        transport = RelayTransport(
             verify=settings.verify,
-            trust_env=False,
             limits=httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_keepalive_connections,

@@ -203,7 +203,7 @@ def test_many_clients_leaving_mid_exchange_leave_the_pool_usable() -> None:
 
     async def leave_early(port: int, count: int) -> None:
         async def one() -> None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /abandoned HTTP/1.1\r\nHost: gw\r\n\r\n")
             await writer.drain()
             await asyncio.sleep(0.05)

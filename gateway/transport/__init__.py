@@ -1,0 +1,5 @@
+"""The gateway's own HTTP/1.1 transport under the shared httpx.AsyncClient."""
+
+from gateway.transport.relay import RelayTransport
+
+__all__ = ["RelayTransport"]

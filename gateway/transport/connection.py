@@ -1,0 +1,217 @@
+"""One upstream HTTP/1.1 connection: an asyncio protocol that writes requests and parses responses with
+httptools (llhttp), with back-pressure both ways.
+
+Everything that changes shared state runs synchronously (no await between deciding and doing), so a task
+cancelled at any await leaves the connection either reusable or closed, never half-used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+import httpx
+
+# Pause reading from the upstream once this much body is buffered and unread by the client side.
+READ_HIGH_WATER = 256 * 1024
+
+
+class TimedOut(Exception):
+    """A wait on the connection ran out of time; the caller says which timeout it was."""
+
+
+def wait_with_timeout(future: asyncio.Future[None], timeout: float | None) -> asyncio.Future[None]:
+    """`future`, failed with TimedOut after `timeout` seconds unless it completed first."""
+    if timeout is not None:
+        handle = future.get_loop().call_later(timeout, _expire, future)
+        future.add_done_callback(lambda _: handle.cancel())
+    return future
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimedOut())
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A keep-alive connection carrying one exchange at a time.
+
+    `reusable` is true once a response was read to its end on a connection both sides keep open.
+    """
+
+    def __init__(self, on_lost: Callable[[UpstreamConnection], None]) -> None:
+        self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.active = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.received_any = False
+        self.head_only = False
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = True
+        self.close_delimited = False
+        self.error: Exception | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active:
+            self.close()  # bytes nobody asked for: the connection can no longer be trusted
+            return
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("upstream switched protocols unasked"))
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid response from upstream: {exc}"))
+
+    def eof_received(self) -> bool:
+        if self.close_delimited and self.head_done and not self.complete:
+            self.complete = True  # RFC 9112 6.3: a body without length ends when the connection does
+            self.keep_alive = False
+            self._wake()
+        elif not self.complete:
+            self._fail(httpx.RemoteProtocolError("upstream closed the connection before the response ended"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete:
+            self._fail(httpx.ReadError("upstream connection lost"))
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            return  # interim (1xx) response: its headers are dropped in on_message_complete
+        self.status = status
+        self.head_done = True
+        self.keep_alive = self._parser.should_keep_alive()
+        self.close_delimited = status not in (204, 304) and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        )
+        if self.head_only:
+            # llhttp cannot be told that a HEAD response has no body; end here and never reuse.
+            self.complete = True
+            self.keep_alive = False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > READ_HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self.head_done:
+            self.headers = []
+            return
+        self.complete = True
+        self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
+        self._wake()
+
+    # -- the exchange -----------------------------------------------------------------------------
+
+    def start_exchange(self, head_only: bool) -> None:
+        self._reset_exchange()
+        self.active = True
+        self.head_only = head_only
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise httpx.WriteError("upstream connection closed while sending the request")
+        self.transport.write(data)
+
+    async def drain(self, timeout: float | None) -> None:
+        if not self._write_paused or self.closed:
+            return
+        self._drain_waiter = wait_with_timeout(self._loop.create_future(), timeout)
+        try:
+            await self._drain_waiter
+        except TimedOut:
+            raise httpx.WriteTimeout("upstream did not take the request body in time") from None
+        finally:
+            self._drain_waiter = None
+
+    async def read_head(self, timeout: float | None) -> None:
+        while not self.head_done:
+            await self._wait(timeout)
+
+    async def read_chunk(self, timeout: float | None) -> bytes:
+        """The next piece of body, or b"" at its end."""
+        while not self._chunks:
+            if self.complete:
+                return b""
+            await self._wait(timeout)
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered <= READ_HIGH_WATER // 4 and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        return chunk
+
+    async def _wait(self, timeout: float | None) -> None:
+        if self.error is not None:
+            raise self.error
+        self._waiter = wait_with_timeout(self._loop.create_future(), timeout)
+        try:
+            await self._waiter
+        except TimedOut:
+            raise httpx.ReadTimeout("upstream did not answer in time") from None
+        finally:
+            self._waiter = None
+        if self.error is not None:
+            raise self.error
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        self.keep_alive = False
+        self._wake()
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()

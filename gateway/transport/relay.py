@@ -1,0 +1,156 @@
+"""RelayTransport: the httpx transport the gateway ships, lean HTTP/1.1 over asyncio and httptools.
+
+It replaces httpx's default transport (httpcore), whose pool rescans every connection for every queued
+request and can leak connections when a task is cancelled mid-exchange. Trust: the request comes from the
+gateway's relay or a user of the shared client; its headers are checked for CR, LF and NUL before writing.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from typing import cast
+
+import httpx
+
+from gateway.transport.connection import UpstreamConnection
+from gateway.transport.pool import OriginPool
+
+# Safe to send twice (RFC 9110 9.2.2): retried once when a reused connection turns out to be dead.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class RelayTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 to upstreams, one OriginPool per (scheme, host, port); pools are per worker process."""
+
+    def __init__(self, *, verify: bool = True, limits: httpx.Limits | None = None) -> None:
+        limits = limits or httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
+        self._max_connections = limits.max_connections or 1000
+        self._max_idle = limits.max_keepalive_connections or 0
+        self._idle_expiry = limits.keepalive_expiry or 0.0
+        self._verify = verify
+        self._ssl_context: ssl.SSLContext | None = None
+        self._pools: dict[tuple[bytes, bytes, int | None], OriginPool] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        pool = self._pools.get((url.raw_scheme, url.raw_host, url.port)) or self._new_pool(url)
+        timeouts = request.extensions.get("timeout", {})
+        head = _request_head(request)
+        body = request.stream
+        replayable = isinstance(body, httpx.ByteStream)
+        may_retry = replayable and request.method.encode() in IDEMPOTENT
+        while True:
+            conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"))
+            try:
+                conn.start_exchange(head_only=request.method == "HEAD")
+                if replayable:
+                    conn.write(head + b"".join(cast(httpx.ByteStream, body)))
+                else:
+                    await _stream_body(conn, head, body, request, timeouts.get("write"))
+                await conn.read_head(timeouts.get("read"))
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                pool.discard(conn)
+                # A reused connection that died before answering: the upstream closed it while idle.
+                if may_retry and conn.reused and not conn.received_any:
+                    may_retry = False
+                    continue
+                raise
+            except BaseException:
+                pool.discard(conn)
+                raise
+            return httpx.Response(
+                conn.status,
+                headers=conn.headers,
+                stream=ResponseBody(pool, conn, timeouts.get("read")),
+                extensions={"http_version": b"HTTP/1.1"},
+            )
+
+    def _new_pool(self, url: httpx.URL) -> OriginPool:
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported upstream scheme {url.scheme!r}")
+        ssl_context = None
+        if url.scheme == "https":
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context(verify=self._verify)
+            ssl_context = self._ssl_context
+        pool = OriginPool(
+            url.host,
+            url.port or (443 if url.scheme == "https" else 80),
+            ssl_context,
+            max_connections=self._max_connections,
+            max_idle=self._max_idle,
+            idle_expiry=self._idle_expiry,
+        )
+        self._pools[(url.raw_scheme, url.raw_host, url.port)] = pool
+        return pool
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+class ResponseBody(httpx.AsyncByteStream):
+    """The response body as it arrives; the connection goes back to the pool at the end, or is closed
+    when the body is abandoned or broken."""
+
+    def __init__(self, pool: OriginPool, conn: UpstreamConnection, read_timeout: float | None) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._read_timeout = read_timeout
+        self._finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            while chunk := await self._conn.read_chunk(self._read_timeout):
+                yield chunk
+        finally:
+            self._finish()
+
+    async def aclose(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._conn.complete and self._conn.keep_alive:
+            self._pool.release(self._conn)
+        else:
+            self._pool.discard(self._conn)
+
+
+def _request_head(request: httpx.Request) -> bytes:
+    url = request.url
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), url.raw_path)]
+    lines += [name + b": " + value for name, value in request.headers.raw]
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    # One line per header and no stray CR, LF or NUL: nothing can split the message (request smuggling).
+    if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1 or b"\x00" in head:
+        raise httpx.LocalProtocolError("a request header contains CR, LF or NUL", request=request)
+    return head
+
+
+async def _stream_body(
+    conn: UpstreamConnection,
+    head: bytes,
+    body: httpx.SyncByteStream | httpx.AsyncByteStream,
+    request: httpx.Request,
+    write_timeout: float | None,
+) -> None:
+    """Write the head, then the body as it comes (chunked unless a Content-Length was given)."""
+    assert isinstance(body, httpx.AsyncByteStream)
+    chunked = "content-length" not in request.headers
+    conn.write(head)
+    try:
+        async for part in body:
+            if not part:
+                continue
+            conn.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+            await conn.drain(write_timeout)
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+    except httpx.WriteError:
+        if not conn.head_done:
+            raise  # an upstream that answered early (a 413, say) keeps its answer; otherwise it failed
