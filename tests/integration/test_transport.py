@@ -1,0 +1,131 @@
+"""RelayTransport on its own against raw upstreams: framing, reuse, retries and the pool's limits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+
+from gateway.transport import RelayTransport
+from tests.servers import Received, UpstreamHandler, scripted_upstream
+
+pytestmark = pytest.mark.anyio
+
+
+def client(**limits: int | float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=RelayTransport(limits=httpx.Limits(**limits) if limits else None))
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    with scripted_upstream() as upstream:
+        async with client() as http:
+            answers = [(await http.get(f"{upstream.url}/{index}")).text for index in range(5)]
+    assert answers == [f"GET /{index}" for index in range(5)]
+    assert upstream.connections == 1
+
+
+async def test_close_delimited_body_and_interim_responses() -> None:
+    def old_style(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+        handler.write(b"HTTP/1.1 200 OK\r\nX-Final: 1\r\n\r\nuntil the end")
+        handler.connection.shutdown(2)
+
+    with scripted_upstream(old_style) as upstream:
+        async with client() as http:
+            response = await http.get(upstream.url)
+    assert response.status_code == 200
+    assert response.text == "until the end"
+    assert "link" not in response.headers and response.headers["x-final"] == "1"
+
+
+async def test_head_responses_end_after_the_headers() -> None:
+    def head(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+
+    with scripted_upstream(head) as upstream:
+        async with client() as http:
+            first = await asyncio.wait_for(http.head(upstream.url), 10)
+            second = await asyncio.wait_for(http.head(upstream.url), 10)
+    assert first.headers["content-length"] == "1000" and first.content == b""
+    assert second.status_code == 200
+
+
+async def test_header_injection_is_refused_before_anything_is_sent() -> None:
+    with scripted_upstream() as upstream:
+        async with client() as http:
+            with pytest.raises(httpx.LocalProtocolError):
+                await http.get(upstream.url, headers={"X-Evil": "a\r\nX-Injected: 1"})
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("POST", False)])
+async def test_a_dead_reused_connection_is_retried_only_when_safe(method: str, retried: bool) -> None:
+    state = {"served": 0}
+
+    def once_then_vanish(handler: UpstreamHandler, request: Received) -> None:
+        state["served"] += 1
+        if state["served"] == 1:
+            handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            # Keep the connection looking alive to the pool, then drop it as the next request lands.
+            handler.rfile.peek(1)
+            handler.reset()
+            return
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain")
+
+    with scripted_upstream(once_then_vanish) as upstream:
+        upstream.close_after_response = False
+        async with client() as http:
+            assert (await http.request(method, upstream.url, content=b"x")).text == "ok"
+            if retried:
+                assert (await http.request(method, upstream.url, content=b"x")).text == "again"
+            else:
+                with pytest.raises(httpx.TransportError):
+                    await http.request(method, upstream.url, content=b"x")
+    assert len(upstream.requests) == (2 if retried else 1)
+
+
+async def test_the_pool_cap_queues_then_times_out() -> None:
+    release = threading.Event()
+
+    def held(handler: UpstreamHandler, request: Received) -> None:
+        release.wait(10)
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with scripted_upstream(held) as upstream:
+        async with client(max_connections=2, max_keepalive_connections=2) as http:
+            busy = [asyncio.create_task(http.get(upstream.url, timeout=20)) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            with pytest.raises(httpx.PoolTimeout):
+                await http.get(upstream.url, timeout=httpx.Timeout(20, pool=0.2))
+            queued = asyncio.create_task(http.get(upstream.url, timeout=20))
+            await asyncio.sleep(0.1)
+            release.set()
+            answers = [response.text for response in await asyncio.gather(*busy, queued)]
+    assert answers == ["ok", "ok", "ok"]
+    assert upstream.connections == 2
+
+
+async def test_cancelled_exchanges_free_their_slots() -> None:
+    def slow(handler: UpstreamHandler, request: Received) -> None:
+        time.sleep(0.5)
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with scripted_upstream(slow) as upstream:
+        async with client(max_connections=3) as http:
+            for _ in range(5):
+                tasks = [asyncio.create_task(http.get(upstream.url)) for _ in range(6)]
+                await asyncio.sleep(0.05)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            response = await http.get(upstream.url, timeout=httpx.Timeout(10, pool=2))
+    assert response.text == "ok"
+
+
+async def test_connect_failures_are_connect_errors() -> None:
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get("http://127.0.0.1:9/")
