@@ -1,0 +1,16 @@
+-- wrk script for bench/run.py: an optional POST body (BODY_BYTES) and one JSON line with the summary.
+local size = tonumber(os.getenv("BODY_BYTES") or "0")
+if size > 0 then
+  wrk.method = "POST"
+  wrk.body = string.rep("b", size)
+  wrk.headers["Content-Type"] = "application/octet-stream"
+end
+
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "seconds": %f, "bytes": %d, "errors": %d, "non2xx": %d, "p50_ms": %f, "p99_ms": %f}\n',
+    summary.requests, summary.duration / 1e6, summary.bytes,
+    errors.connect + errors.read + errors.write + errors.timeout, errors.status,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end

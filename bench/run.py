@@ -1,0 +1,204 @@
+"""Relay benchmark: the same wrk load straight at a fast origin and through the gateway, in one run.
+
+    python bench/run.py [--duration 5] [--scenarios small-c16,small-c128,get-1mib-c16,post-64kib-c16]
+
+Needs wrk (and uses nginx as the origin when installed; otherwise a uvicorn origin). Everything listens on
+127.0.0.1. The gateway runs pinned to CPU 0, origin and wrk to CPU 1 (when `taskset` exists), so that
+"gateway CPU per request" measures the gateway alone. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    connections: int
+    body_bytes: int = 0
+
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario("small-c16", "/", 16),
+        Scenario("small-c128", "/", 128),
+        Scenario("get-1mib-c16", "/1m.bin", 16),
+        Scenario("post-64kib-c16", "/post", 16, 64 * 1024),
+    )
+}
+
+NGINX_ORIGIN = """
+worker_processes 1;
+daemon off;
+pid {dir}/origin.pid;
+error_log {dir}/origin-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_buffer_size 1m;
+  client_max_body_size 64m;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location = / {{ return 200 "hello from origin\\n"; }}
+    location = /1m.bin {{ root {dir}; }}
+    location = /post {{ return 200 "posted\n"; }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinned(cpu: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *command] if shutil.which("taskset") else command
+
+
+def wait_until_up(url: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(url, timeout=1)
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextlib.contextmanager
+def running(command: list[str], url: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(url)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextlib.contextmanager
+def origin(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    workdir.chmod(0o755)  # nginx workers run as an unprivileged user
+    (workdir / "1m.bin").write_bytes(b"o" * MIB)
+    url = f"http://127.0.0.1:{port}"
+    if shutil.which("nginx"):
+        config = workdir / "origin.conf"
+        config.write_text(NGINX_ORIGIN.format(dir=workdir, port=port))
+        command = pinned("1", ["nginx", "-c", str(config), "-e", str(workdir / "origin-error.log")])
+    else:
+        command = pinned("1", [sys.executable, str(Path(__file__).with_name("origin.py")), str(port), str(workdir)])
+    with running(command, url):
+        yield url
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds used by `pid` and its children (for uvicorn with workers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def load(url: str, scenario: Scenario, duration: int) -> dict[str, float]:
+    env = {**os.environ, "BODY_BYTES": str(scenario.body_bytes)}
+    command = ["wrk", "-t1", f"-c{scenario.connections}", f"-d{duration}s", "--timeout", "5s"]
+    command += ["-s", str(Path(__file__).with_name("report.lua")), url + scenario.path]
+    output = subprocess.run(pinned("1", command), env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    result: dict[str, float] = json.loads(line.removeprefix("RESULT "))
+    return result
+
+
+def measure(url: str, scenario: Scenario, duration: int, pid: int | None) -> dict[str, float]:
+    load(url, scenario, 1)  # warm-up: connections, pools, caches
+    cpu_before = process_tree_cpu(pid) if pid else 0.0
+    result = load(url, scenario, duration)
+    if pid:
+        result["cpu_per_10k"] = (process_tree_cpu(pid) - cpu_before) / result["requests"] * 10_000
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def gateway_command(port: int, workers: int) -> list[str]:
+    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--no-proxy-headers", "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+    return pinned(os.environ.get("PROXY_CPU", "0"), command)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds of load per cell (default 5)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, default all")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench/run.py needs wrk: apt-get install -y wrk (nginx too, for the fast origin)")
+    scenarios = [SCENARIOS[name] for name in args.scenarios.split(",")]
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as temp, origin(Path(temp)) as origin_url:
+        port = free_port()
+        routes = json.dumps([{"prefix": "/", "upstreams": [origin_url], "max_body_bytes": None}])
+        env = {**os.environ, "GATEWAY_ROUTES": routes}
+        gateway_url = f"http://127.0.0.1:{port}"
+        rows = []
+        with running(gateway_command(port, args.workers), gateway_url + "/_gateway/health", env) as gateway:
+            for scenario in scenarios:
+                direct = measure(origin_url, scenario, args.duration, None)
+                through = measure(gateway_url, scenario, args.duration, gateway.pid)
+                rows.append((scenario, direct, through))
+    print_table(rows, args)
+
+
+def print_table(rows: list[tuple[Scenario, dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} CPUs  workers={args.workers}  {args.duration}s/cell")
+    header = f"{'scenario':<16}{'target':<9}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'errors':>7}"
+    print(header + f"{'x direct':>9}{'gw CPU-s/10k':>13}{'µs/req':>8}")
+    for scenario, direct, through in rows:
+        for name, result in (("direct", direct), ("gateway", through)):
+            errors = int(result["errors"] + result["non2xx"])
+            ratio = result["rps"] / direct["rps"]
+            cpu = result.get("cpu_per_10k")
+            cpu_text = f"{cpu:>13.2f}{cpu * 100:>8.0f}" if cpu is not None else f"{'-':>13}{'-':>8}"
+            print(
+                f"{scenario.name:<16}{name:<9}{result['rps']:>9.0f}{result['bytes'] / result['seconds'] / 1e6:>8.1f}"
+                f"{result['p50_ms']:>8.2f}{result['p99_ms']:>9.2f}{errors:>7}{ratio:>9.3f}{cpu_text}"
+            )
+
+
+if __name__ == "__main__":
+    main()
