@@ -70,21 +70,20 @@ class ForwardedFor:
         self.request_id = request_id
 
 
-def upstream_request_headers(
-    headers: Iterable[Header], forwarded: ForwardedFor, *, preserve_host: bool
-) -> list[Header]:
+def upstream_request_headers(headers: Iterable[Header], forwarded: ForwardedFor, *, host: bytes | None) -> list[Header]:
     """The client's headers as the upstream should see them.
 
-    Drops hop-by-hop fields and those named in Connection, replaces Host unless `preserve_host`, and
-    appends to X-Forwarded-* only when the peer is a trusted proxy (otherwise the client's values go).
+    Drops hop-by-hop fields and those named in Connection, puts `host` first in place of the client's Host
+    (None keeps the client's), and appends to X-Forwarded-* only when the peer is a trusted proxy (otherwise
+    the client's values go).
     """
     headers = list(headers)
     dropped = HOP_BY_HOP | _REQUEST_OWNED | connection_named(headers)
-    if not preserve_host:
+    if host is not None:
         dropped |= {b"host"}
     if not forwarded.trusted:
         dropped |= FORWARDING
-    result: list[Header] = []
+    result: list[Header] = [] if host is None else [(b"host", host)]
     prior_for: list[bytes] = []
     seen: set[bytes] = set()
     host = b""

@@ -81,8 +81,11 @@ class ProxyEndpoint:
         scope[keys.UPSTREAM] = upstream.url
         try:
             try:
-                async with asyncio.timeout(self._total):
+                if self._total is None:
                     await self._relay(scope, exchange, upstream)
+                else:
+                    async with asyncio.timeout(self._total):
+                        await self._relay(scope, exchange, upstream)
             finally:
                 exchange.stop_watching()
         except asyncio.CancelledError:
@@ -137,7 +140,7 @@ class ProxyEndpoint:
 
     def _upstream_request(self, scope: Scope, exchange: Exchange, upstream: Upstream) -> httpx.Request:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        declared_length, has_body = _body_framing(headers)
+        declared_length, chunked = _body_framing(headers)
         if self._max_body is not None and declared_length > self._max_body:
             raise BodyTooLarge
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -153,14 +156,23 @@ class ProxyEndpoint:
             trusted=self._resolver.is_trusted(peer),
             request_id=scope.get(keys.REQUEST_ID, "").encode("latin-1"),
         )
-        content = self._request_body(exchange) if has_body else None
-        if content is None:
+        upstream_headers = upstream_request_headers(
+            headers, forwarded, host=None if self._preserve_host else upstream.host_header
+        )
+        body: httpx.AsyncByteStream | httpx.ByteStream
+        if chunked or declared_length:
+            body = RequestBody(self._request_body(exchange))
+            if chunked:
+                upstream_headers.append((b"transfer-encoding", b"chunked"))
+        else:
+            body = _NO_BODY
             exchange.watch_for_disconnect()
+        # Headers and framing are complete, so httpx is handed the stream as is (no re-encoding).
         return httpx.Request(
             scope["method"],
-            httpx.URL(scheme=upstream.scheme, host=upstream.host, port=upstream.port, raw_path=url_safe(target)),
-            headers=upstream_request_headers(headers, forwarded, preserve_host=self._preserve_host),
-            content=content,
+            upstream.url_for(url_safe(target)),
+            headers=upstream_headers,
+            stream=body,
             extensions={"timeout": self._timeouts},
         )
 
@@ -182,9 +194,22 @@ class ProxyEndpoint:
         exchange.watch_for_disconnect()
 
 
+class RequestBody(httpx.AsyncByteStream):
+    """The client's body on its way upstream."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+
+_NO_BODY = httpx.ByteStream(b"")
+
+
 def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
-    """(declared Content-Length or 0, whether a body follows). The server has already rejected
-    conflicting or malformed framing."""
+    """(declared Content-Length or 0, whether the body is chunked). The server has already rejected
+    conflicting framing; a non-numeric length is refused here."""
     length = 0
     chunked = False
     for name, value in headers:
@@ -195,4 +220,4 @@ def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
             length = int(value)
         elif lowered == b"transfer-encoding":
             chunked = True
-    return length, chunked or length > 0
+    return length, chunked

@@ -5,22 +5,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+import httpx
+
+from gateway.urls import upstream_url
 from settings import UpstreamSettings
 
 
 class Upstream:
     """One upstream instance, its URL parsed once at start-up."""
 
-    __slots__ = ("base_path", "host", "port", "scheme", "url", "weight")
+    __slots__ = ("base_path", "host", "host_header", "port", "scheme", "url", "weight")
 
     def __init__(self, settings: UpstreamSettings) -> None:
         parts = urlsplit(settings.url)
         self.url = settings.url
         self.scheme = parts.scheme
         self.host = parts.hostname or ""
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = 443 if parts.scheme == "https" else 80
+        self.port = None if parts.port in (None, default_port) else parts.port  # None: the scheme's default
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = (netloc if self.port is None else f"{netloc}:{self.port}").encode("idna")
         self.base_path = parts.path.rstrip("/").encode("ascii")
         self.weight = settings.weight
+
+    def url_for(self, target: bytes) -> httpx.URL:
+        """This upstream's URL for a URL-safe target (path and optional query)."""
+        return upstream_url(self.scheme, self.host, self.port, target)
 
     def __repr__(self) -> str:
         return f"Upstream({self.url!r}, weight={self.weight})"

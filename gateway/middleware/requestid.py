@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,7 +33,7 @@ class RequestIdMiddleware:
                 if _ACCEPTABLE_ID.fullmatch(candidate):
                     request_id = candidate
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         scope[keys.REQUEST_ID] = request_id
         id_header = (b"x-request-id", request_id.encode("latin-1"))
 

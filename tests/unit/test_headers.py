@@ -26,8 +26,15 @@ def test_hop_by_hop_and_connection_named_request_headers_are_dropped() -> None:
         (b"transfer-encoding", b"chunked"),
         (b"accept", b"*/*"),
     ]
-    result = upstream_request_headers(incoming, forwarded(), preserve_host=False)
-    assert names(result) == [b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"]
+    result = upstream_request_headers(incoming, forwarded(), host=b"up.internal")
+    assert names(result) == [
+        b"host",
+        b"accept",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+    ]
 
 
 def test_forwarding_headers_from_an_untrusted_peer_are_replaced() -> None:
@@ -39,7 +46,7 @@ def test_forwarding_headers_from_an_untrusted_peer_are_replaced() -> None:
         (b"forwarded", b"for=6.6.6.6"),
         (b"x-real-ip", b"6.6.6.6"),
     ]
-    result = dict(upstream_request_headers(incoming, forwarded(), preserve_host=False))
+    result = dict(upstream_request_headers(incoming, forwarded(), host=b"up.internal"))
     assert result[b"x-forwarded-for"] == b"192.0.2.1"
     assert result[b"x-forwarded-proto"] == b"https"
     assert result[b"x-forwarded-host"] == b"example.test"
@@ -55,7 +62,7 @@ def test_forwarding_headers_from_a_trusted_proxy_are_extended() -> None:
         (b"x-forwarded-proto", b"https"),
         (b"x-forwarded-host", b"public.test"),
     ]
-    result = upstream_request_headers(incoming, forwarded(trusted=True), preserve_host=False)
+    result = upstream_request_headers(incoming, forwarded(trusted=True), host=b"up.internal")
     as_dict = dict(result)
     assert [value for name, value in result if name == b"x-forwarded-for"] == [b"1.2.3.4, 5.6.7.8, 192.0.2.1"]
     assert as_dict[b"x-forwarded-host"] == b"public.test"
@@ -64,15 +71,16 @@ def test_forwarding_headers_from_a_trusted_proxy_are_extended() -> None:
 
 def test_host_is_kept_only_with_preserve_host_and_prefix_is_announced() -> None:
     incoming = [(b"host", b"example.test")]
-    assert b"host" not in names(upstream_request_headers(incoming, forwarded(), preserve_host=False))
-    kept = upstream_request_headers(incoming, forwarded(prefix=b"/api"), preserve_host=True)
+    replaced = upstream_request_headers(incoming, forwarded(), host=b"up.internal")
+    assert [value for name, value in replaced if name == b"host"] == [b"up.internal"]
+    kept = upstream_request_headers(incoming, forwarded(prefix=b"/api"), host=None)
     assert (b"host", b"example.test") in kept
     assert (b"x-forwarded-prefix", b"/api") in kept
 
 
 def test_repeated_request_headers_stay_separate() -> None:
     incoming = [(b"x-tag", b"a"), (b"x-tag", b"b, c")]
-    result = upstream_request_headers(incoming, forwarded(), preserve_host=False)
+    result = upstream_request_headers(incoming, forwarded(), host=b"up.internal")
     assert [value for name, value in result if name == b"x-tag"] == [b"a", b"b, c"]
 
 

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.urls import upstream_url
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "port", "target"),
+    [
+        ("http", "127.0.0.1", 8080, b"/"),
+        ("http", "api.internal", None, b"/a/b?x=1&x=2"),
+        ("https", "api.internal", 8443, b"/a%20b/c+d;v=1?q=a+b%2Bc&empty=&flag"),
+        ("https", "api.internal", None, b"/v1/items"),
+        ("http", "::1", 9000, b"/x?"),
+    ],
+)
+def test_assembled_urls_equal_parsed_ones(scheme: str, host: str, port: int | None, target: bytes) -> None:
+    netloc = f"[{host}]" if ":" in host else host
+    parsed = httpx.URL(f"{scheme}://{netloc}{f':{port}' if port else ''}{target.decode()}")
+    built = upstream_url(scheme, host, port, target)
+    assert built == parsed
+    assert (built.raw_path, built.raw_host, built.port, built.scheme) == (
+        parsed.raw_path,
+        parsed.raw_host,
+        parsed.port,
+        parsed.scheme,
+    )
+    assert str(built) == str(parsed)
