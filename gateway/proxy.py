@@ -20,11 +20,14 @@ from settings import RouteSettings
 
 logger = logging.getLogger("gateway.proxy")
 
+# Seconds an exchange runs before the gateway starts listening for the client's disconnect.
+WATCH_DELAY = 0.05
+
 
 class Exchange:
     """Per-request relay state: whether the response started, and whether the client is still there."""
 
-    __slots__ = ("_watcher", "client_gone", "receive", "response_started", "send", "task")
+    __slots__ = ("_watch_timer", "_watcher", "client_gone", "receive", "response_started", "send", "task")
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self.receive = receive
@@ -32,11 +35,16 @@ class Exchange:
         self.task = asyncio.current_task()
         self.response_started = False
         self.client_gone = False
+        self._watch_timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     def watch_for_disconnect(self) -> None:
         """Cancel the relay when the client goes away. Only once the request body is consumed, since
-        the watcher then owns `receive`."""
+        the watcher then owns `receive`; and only for exchanges still running after WATCH_DELAY, since a
+        watcher task per request would cost more than most exchanges take."""
+        self._watch_timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self._start_watching)
+
+    def _start_watching(self) -> None:
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -47,6 +55,8 @@ class Exchange:
             self.task.cancel()
 
     def stop_watching(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
 
