@@ -1,8 +1,13 @@
-"""The configuration reference in README.md, generated from the models: `python -m settings.reference`."""
+"""The configuration reference in README.md, generated from the models.
+
+`python -m settings.reference` prints it; `python -m settings.reference README.md` rewrites it in place.
+"""
 
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -49,5 +54,14 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+def rewrite(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(START), text.index(END) + len(END)
+    path.write_text(text[:start] + reference() + text[end:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(reference())
+    if len(sys.argv) > 1:
+        rewrite(Path(sys.argv[1]))
+    else:
+        print(reference())

@@ -63,10 +63,10 @@ class ClientSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_connections: int = Field(
-        1000, ge=1, description="Most upstream connections open at once, over all upstreams. Default 1000."
+        1000, ge=1, description="Most connections open at once to each upstream instance (per worker). Default 1000."
     )
     max_keepalive_connections: int = Field(
-        200, ge=0, description="Most idle upstream connections kept for reuse. Default 200."
+        200, ge=0, description="Most idle connections kept for reuse per upstream instance. Default 200."
     )
     keepalive_expiry: float = Field(30.0, ge=0, description="Seconds an idle upstream connection is kept. Default 30.")
     verify: bool = Field(True, description="Verify upstream TLS certificates. Default true.")

@@ -91,3 +91,31 @@ def test_readme_opens_with_the_run_and_test_commands() -> None:
     assert first_commands[0] == "pip install -r requirements.txt && python -m gateway"
     assert first_commands[1] == "pip install -r requirements-dev.txt && python -m pytest"
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_demo_runs_the_example_topology_and_stops_on_ctrl_c() -> None:
+    port = free_port()
+    env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        instances = [httpx.get(url + "/api/users?page=2").json() for _ in range(2)]
+        token = httpx.post(url + "/auth/login").json()["token"]
+        whoami = httpx.get(url + "/auth/whoami", headers={"Authorization": f"Bearer {token}"})
+        static = httpx.get(url + "/static/index.html")
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=WAIT)
+    assert sorted(item["instance"] for item in instances) == ["api-1", "api-2"]
+    assert instances[0]["path"] == "/users" and instances[0]["query"] == "page=2"
+    assert whoami.json() == {"user": "demo"}
+    assert static.status_code == 200
+    assert b"curl" in stdout
+    assert process.returncode in (0, -signal.SIGINT)
