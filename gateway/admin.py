@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import scope as keys
@@ -16,13 +16,10 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    """Default of the Starlette router, which only ever sees `/_gateway/...` requests."""
     await send_problem(send, 404, "No such gateway endpoint.", scope.get(keys.REQUEST_ID, ""))
 
 
-def gateway_endpoints() -> Router:
-    return Router(
-        routes=[Route("/_gateway/health", health, methods=["GET", "HEAD"])],
-        redirect_slashes=False,
-        default=_not_found,
-    )
+def gateway_routes() -> list[BaseRoute]:
+    return [Route("/_gateway/health", health, methods=["GET", "HEAD"])]

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from gateway import scope as keys
-from gateway.admin import gateway_endpoints
+from gateway.admin import gateway_routes, not_found
 from gateway.client import create_client
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
@@ -54,13 +54,16 @@ def create_app(
         finally:
             await client.aclose()
 
+    # The route table is the innermost middleware: proxied and static requests end there, so they skip
+    # Starlette's exception middleware and router, which serve only `/_gateway/...` and the lifespan.
     app = Starlette(
-        middleware=[Middleware(RequestIdMiddleware), *middleware],
+        routes=gateway_routes(),
+        middleware=[Middleware(RequestIdMiddleware), *middleware, Middleware(GatewayRouter, table=table)],
         exception_handlers={500: _internal_error},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False
-    app.router.default = GatewayRouter(table, gateway_endpoints())
+    app.router.default = not_found
     app.state.settings = settings
     app.state.client = client
     return app

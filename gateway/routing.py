@@ -32,17 +32,21 @@ class RouteTable:
 
 
 class GatewayRouter:
-    """The innermost app: refuses targets that could escape a prefix (400), sends `/_gateway/...` to the
-    gateway's own endpoints (never proxied), and every other request to its route (404 when none)."""
+    """Refuses targets that could escape a prefix (400), passes `/_gateway/...` (never proxied) and the
+    lifespan on to `app` (Starlette's router with the gateway's own endpoints), and sends every other
+    request to its route (404 when none)."""
 
-    def __init__(self, table: RouteTable, gateway_endpoints: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, table: RouteTable) -> None:
+        self.app = app
         self._table = table
-        self._gateway_endpoints = gateway_endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            # WebSocket routes are not relayed yet: refuse the handshake.
-            await send({"type": "websocket.close", "code": 1008})
+            if scope["type"] == "websocket":
+                # WebSocket routes are not relayed yet: refuse the handshake.
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         request_id = scope.get(keys.REQUEST_ID, "")
@@ -52,7 +56,7 @@ class GatewayRouter:
             await send_problem(send, 400, f"The request target is refused: {exc}.", request_id)
             return
         if path == GATEWAY_PREFIX or path.startswith(GATEWAY_PREFIX + b"/"):
-            await self._gateway_endpoints(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         found = self._table.match(path)
         if found is None:
