@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
+
+from gateway import scope as keys
+from gateway.errors import send_problem
 
 
 class StaticEndpoint:
@@ -21,4 +25,7 @@ class StaticEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         child = dict(scope)
         child["root_path"] = scope.get("root_path", "") + self._prefix
-        await self._files(child, receive, send)
+        try:
+            await self._files(child, receive, send)
+        except HTTPException as exc:  # 404, 405: StaticFiles signals them by raising
+            await send_problem(send, exc.status_code, exc.detail, scope.get(keys.REQUEST_ID, ""))
