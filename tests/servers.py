@@ -209,7 +209,7 @@ def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
     process = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=[sock.fileno()], stderr=log)
     gateway = GatewayProcess(f"http://127.0.0.1:{sock.getsockname()[1]}", process, log)
     try:
-        _wait_for_health(gateway.url, process, log)
+        wait_for_health(gateway.url, process, log)
         yield gateway
     finally:
         log.close()
@@ -222,12 +222,16 @@ def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
         sock.close()
 
 
-def _wait_for_health(url: str, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+def wait_for_health(url: str, process: subprocess.Popen[bytes], log: IO[bytes] | None = None) -> None:
+    """Wait until `url/_gateway/health` answers 200; fail with the process's stderr if it exits first."""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"gateway exited: {log.read().decode(errors='replace')}")
+            output = process.stderr.read() if process.stderr else b""
+            if log is not None:
+                log.seek(0)
+                output = log.read()
+            raise RuntimeError(f"gateway exited: {output.decode(errors='replace')}")
         try:
             if httpx.get(url + "/_gateway/health", timeout=1).status_code == 200:
                 return

@@ -19,21 +19,29 @@ import httpx
 READ_HIGH_WATER = 256 * 1024
 
 
-class TimedOut(Exception):
-    """A wait on the connection ran out of time; the caller says which timeout it was."""
+class _TimedOut(Exception):
+    pass
 
 
-def wait_with_timeout(future: asyncio.Future[None], timeout: float | None) -> asyncio.Future[None]:
-    """`future`, failed with TimedOut after `timeout` seconds unless it completed first."""
-    if timeout is not None:
-        handle = future.get_loop().call_later(timeout, _expire, future)
-        future.add_done_callback(lambda _: handle.cancel())
-    return future
+async def wait_until(
+    future: asyncio.Future[None], timeout: float | None, timeout_error: type[httpx.TimeoutException], what: str
+) -> None:
+    """Await `future`, failing it with `timeout_error(what)` after `timeout` seconds (one timer, no task)."""
+    if timeout is None:
+        await future
+        return
+    handle = future.get_loop().call_later(timeout, _expire, future)
+    try:
+        await future
+    except _TimedOut:
+        raise timeout_error(what) from None
+    finally:
+        handle.cancel()
 
 
 def _expire(future: asyncio.Future[None]) -> None:
     if not future.done():
-        future.set_exception(TimedOut())
+        future.set_exception(_TimedOut())
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -164,11 +172,9 @@ class UpstreamConnection(asyncio.Protocol):
     async def drain(self, timeout: float | None) -> None:
         if not self._write_paused or self.closed:
             return
-        self._drain_waiter = wait_with_timeout(self._loop.create_future(), timeout)
+        self._drain_waiter = self._loop.create_future()
         try:
-            await self._drain_waiter
-        except TimedOut:
-            raise httpx.WriteTimeout("upstream did not take the request body in time") from None
+            await wait_until(self._drain_waiter, timeout, httpx.WriteTimeout, "upstream did not take the body in time")
         finally:
             self._drain_waiter = None
 
@@ -191,11 +197,9 @@ class UpstreamConnection(asyncio.Protocol):
     async def _wait(self, timeout: float | None) -> None:
         if self.error is not None:
             raise self.error
-        self._waiter = wait_with_timeout(self._loop.create_future(), timeout)
+        self._waiter = self._loop.create_future()
         try:
-            await self._waiter
-        except TimedOut:
-            raise httpx.ReadTimeout("upstream did not answer in time") from None
+            await wait_until(self._waiter, timeout, httpx.ReadTimeout, "upstream did not answer in time")
         finally:
             self._waiter = None
         if self.error is not None:

@@ -10,7 +10,7 @@ from enum import Enum
 
 import httpx
 
-from gateway.transport.connection import TimedOut, UpstreamConnection, wait_with_timeout
+from gateway.transport.connection import UpstreamConnection, wait_until
 
 
 class _State(Enum):
@@ -90,12 +90,10 @@ class OriginPool:
         return conn
 
     async def _wait_for_slot(self, timeout: float | None) -> None:
-        waiter = wait_with_timeout(asyncio.get_running_loop().create_future(), timeout)
+        waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await waiter
-        except TimedOut:
-            raise httpx.PoolTimeout("no upstream connection became free in time") from None
+            await wait_until(waiter, timeout, httpx.PoolTimeout, "no upstream connection became free in time")
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._wake_waiter()  # we were handed a slot but will not use it: pass it on

@@ -15,7 +15,7 @@ import pytest
 from gateway.__main__ import server_options
 from settings import load_settings
 from settings.reference import END, START, reference
-from tests.servers import ROOT, WAIT, loopback_socket
+from tests.servers import ROOT, WAIT, loopback_socket, wait_for_health
 
 
 def free_port() -> int:
@@ -23,18 +23,6 @@ def free_port() -> int:
     port: int = sock.getsockname()[1]
     sock.close()
     return port
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        try:
-            if httpx.get(url + "/_gateway/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("the gateway did not come up")
 
 
 def test_procfile_serves_on_port_keeps_idle_connections_and_stops_gracefully() -> None:
@@ -49,7 +37,7 @@ def test_procfile_serves_on_port_keeps_idle_connections_and_stops_gracefully() -
         ["sh", "-c", web.removeprefix("web:")], cwd=ROOT, env=env, stderr=subprocess.PIPE, start_new_session=True
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
+        wait_for_health(f"http://127.0.0.1:{port}", process)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/_gateway/health")
         assert conn.getresponse().read() == b'{"status":"ok"}'
@@ -105,7 +93,7 @@ def test_demo_runs_the_example_topology_and_stops_on_ctrl_c() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, process)
+        wait_for_health(url, process)
         instances = [httpx.get(url + "/api/users?page=2").json() for _ in range(2)]
         token = httpx.post(url + "/auth/login").json()["token"]
         whoami = httpx.get(url + "/auth/whoami", headers={"Authorization": f"Bearer {token}"})
