@@ -15,6 +15,7 @@ from gateway.clientip import ClientIPResolver
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, failure_for, send_problem
 from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.paths import strip_segments, url_safe
+from gateway.transport import COMPLETE_BODY
 from gateway.upstreams import Upstream, WeightedRoundRobin
 from settings import RouteSettings
 
@@ -138,6 +139,10 @@ class ProxyEndpoint:
                 }
             )
             exchange.response_started = True
+            complete_body = response.extensions.get(COMPLETE_BODY)
+            if complete_body is not None:
+                await exchange.send({"type": "http.response.body", "body": complete_body, "more_body": False})
+                return
             if status not in BODYLESS_STATUSES:
                 # The raw stream, not aiter_raw(): same bytes and error mapping, and it also relays a body
                 # that a mock transport has already read.

@@ -182,6 +182,13 @@ class UpstreamConnection(asyncio.Protocol):
         while not self.head_done:
             await self._wait(timeout)
 
+    def take_body(self) -> bytes:
+        """The whole body of a complete response, all of it already received."""
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return body
+
     async def read_chunk(self, timeout: float | None) -> bytes:
         """The next piece of body, or b"" at its end."""
         while not self._chunks:

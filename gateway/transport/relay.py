@@ -16,6 +16,10 @@ import httpx
 from gateway.transport.connection import UpstreamConnection
 from gateway.transport.pool import OriginPool
 
+# Response extension holding the entire body when it arrived together with the head (most small
+# responses): the relay can then answer in one message instead of streaming.
+COMPLETE_BODY = "gateway.complete_body"
+
 # Safe to send twice (RFC 9110 9.2.2): retried once when a reused connection turns out to be dead.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -59,6 +63,15 @@ class RelayTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 pool.discard(conn)
                 raise
+            if conn.complete:
+                body = conn.take_body()
+                ResponseBody(pool, conn, None).finish()
+                return httpx.Response(
+                    conn.status,
+                    headers=conn.headers,
+                    stream=httpx.ByteStream(body),
+                    extensions={"http_version": b"HTTP/1.1", COMPLETE_BODY: body},
+                )
             return httpx.Response(
                 conn.status,
                 headers=conn.headers,
@@ -106,12 +119,13 @@ class ResponseBody(httpx.AsyncByteStream):
             while chunk := await self._conn.read_chunk(self._read_timeout):
                 yield chunk
         finally:
-            self._finish()
+            self.finish()
 
     async def aclose(self) -> None:
-        self._finish()
+        self.finish()
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
+        """Give the connection back (or close it); idempotent."""
         if self._finished:
             return
         self._finished = True
