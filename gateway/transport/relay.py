@@ -64,13 +64,13 @@ class RelayTransport(httpx.AsyncBaseTransport):
                 pool.discard(conn)
                 raise
             if conn.complete:
-                body = conn.take_body()
+                content = conn.take_body()
                 ResponseBody(pool, conn, None).finish()
                 return httpx.Response(
                     conn.status,
                     headers=conn.headers,
-                    stream=httpx.ByteStream(body),
-                    extensions={"http_version": b"HTTP/1.1", COMPLETE_BODY: body},
+                    stream=httpx.ByteStream(content),
+                    extensions={"http_version": b"HTTP/1.1", COMPLETE_BODY: content},
                 )
             return httpx.Response(
                 conn.status,
