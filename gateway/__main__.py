@@ -29,6 +29,7 @@ def server_options(settings: GatewaySettings, *, host: str | None = None, port: 
         ssl_certfile=settings.tls.certfile,
         ssl_keyfile=settings.tls.keyfile,
         proxy_headers=False,
+        access_log=False,  # the gateway writes its own (gateway.access)
         server_header=False,
         date_header=True,
         log_level=server.log_level,
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, settings.access_log)
     commands = {"serve": serve, "check": check, "demo": demo}
     return commands[args.command](settings, args)
 

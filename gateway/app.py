@@ -17,11 +17,15 @@ from gateway.admin import gateway_routes, not_found
 from gateway.client import create_client
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
+from gateway.middleware.accesslog import AccessLogMiddleware
+from gateway.middleware.chain import from_settings, wrap
+from gateway.middleware.clientip import ClientIPMiddleware
+from gateway.middleware.ipfilter import IPFilterMiddleware
 from gateway.middleware.requestid import RequestIdMiddleware
 from gateway.proxy import ProxyEndpoint
 from gateway.routing import GatewayRouter, RouteTable
 from gateway.static import StaticEndpoint
-from settings import GatewaySettings, RouteSettings, load_settings
+from settings import GatewaySettings, RouteSettings, SettingsError, load_settings
 
 
 def create_app(
@@ -34,18 +38,15 @@ def create_app(
 
     `settings` defaults to load_settings() (environment, .env, GATEWAY_CONFIG); `transport` goes under the
     shared httpx client (tests pass `httpx.MockTransport`); `middleware` runs after the request id is set
-    and before the route is matched.
+    and before the route is matched (after those from settings). A wrong middleware setting raises
+    SettingsError naming the key.
     """
     settings = settings or load_settings()
     client = create_client(settings.client, transport)
     resolver = ClientIPResolver(settings.proxy.trusted_proxies)
-
-    def endpoint_for(route: RouteSettings) -> ASGIApp:
-        if route.static_dir is not None:
-            return StaticEndpoint(route.prefix, route.static_dir)
-        return ProxyEndpoint(route, client, resolver)
-
-    table = RouteTable({route.prefix: endpoint_for(route) for route in settings.routes})
+    table = RouteTable(
+        {route.prefix: _route_stack(route, index, client, resolver) for index, route in enumerate(settings.routes)}
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -54,19 +55,46 @@ def create_app(
         finally:
             await client.aclose()
 
-    # The route table is the innermost middleware: proxied and static requests end there, so they skip
-    # Starlette's exception middleware and router, which serve only `/_gateway/...` and the lifespan.
+    # Cheap refusals first; the route table is the innermost middleware: proxied and static requests end
+    # there, so they skip Starlette's exception middleware and router, which serve only `/_gateway/...`
+    # and the lifespan.
+    chain = [Middleware(RequestIdMiddleware), Middleware(ClientIPMiddleware, resolver=resolver)]
+    if settings.access_log.enabled:
+        chain.append(Middleware(AccessLogMiddleware))
+    if settings.ip_filter.active:
+        chain.append(Middleware(IPFilterMiddleware, allow=settings.ip_filter.allow, deny=settings.ip_filter.deny))
+    chain += [*from_settings(settings.middleware, "middleware"), *middleware, Middleware(GatewayRouter, table=table)]
     app = Starlette(
         routes=gateway_routes(),
-        middleware=[Middleware(RequestIdMiddleware), *middleware, Middleware(GatewayRouter, table=table)],
+        middleware=chain,
         exception_handlers={500: _internal_error},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False
     app.router.default = not_found
+    try:
+        app.build_middleware_stack()  # a trial build, so that a middleware refusing its options stops start-up
+    except (TypeError, ValueError) as exc:
+        raise SettingsError([f"middleware: {exc}"]) from None
     app.state.settings = settings
     app.state.client = client
     return app
+
+
+def _route_stack(route: RouteSettings, index: int, client: httpx.AsyncClient, resolver: ClientIPResolver) -> ASGIApp:
+    """The route's endpoint inside its own IP filter and user middleware (outermost first)."""
+    endpoint: ASGIApp
+    if route.static_dir is not None:
+        endpoint = StaticEndpoint(route.prefix, route.static_dir)
+    else:
+        endpoint = ProxyEndpoint(route, client, resolver)
+    stack = from_settings(route.middleware, f"routes[{index}].middleware")
+    if route.ip_filter.active:
+        stack.insert(0, Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))
+    try:
+        return wrap(endpoint, stack)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError([f"routes[{index}].middleware: {exc}"]) from None
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

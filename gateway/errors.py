@@ -28,14 +28,15 @@ class Failure:
     status: int
     detail: str
     log_level: int
+    reason: str  # for the access log
 
 
-MALFORMED = Failure(400, "The request is malformed.", logging.INFO)
-TOO_LARGE = Failure(413, "The request body is larger than this route accepts.", logging.INFO)
-UNREACHABLE = Failure(502, "The upstream could not be reached.", logging.ERROR)
-BROKEN = Failure(502, "The upstream sent an invalid or incomplete response.", logging.ERROR)
-TIMED_OUT = Failure(504, "The upstream did not answer in time.", logging.ERROR)
-POOL_FULL = Failure(503, "No upstream connection became free in time.", logging.WARNING)
+MALFORMED = Failure(400, "The request is malformed.", logging.INFO, "bad_request")
+TOO_LARGE = Failure(413, "The request body is larger than this route accepts.", logging.INFO, "body_limit")
+UNREACHABLE = Failure(502, "The upstream could not be reached.", logging.ERROR, "upstream_unreachable")
+BROKEN = Failure(502, "The upstream sent an invalid or incomplete response.", logging.ERROR, "upstream_broken")
+TIMED_OUT = Failure(504, "The upstream did not answer in time.", logging.ERROR, "upstream_timeout")
+POOL_FULL = Failure(503, "No upstream connection became free in time.", logging.WARNING, "overload")
 
 # Most specific first: the first class the exception is an instance of decides.
 _FAILURES: tuple[tuple[type[BaseException], Failure], ...] = (

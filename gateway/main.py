@@ -13,8 +13,7 @@ from settings import SettingsError, load_settings
 
 try:
     _settings = load_settings()
+    configure_logging(_settings.server.log_level, _settings.access_log)
+    app = create_app(_settings)
 except SettingsError as exc:
     sys.exit("\n".join(f"configuration error: {problem}" for problem in exc.problems))
-
-configure_logging(_settings.server.log_level)
-app = create_app(_settings)

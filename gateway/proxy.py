@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -104,13 +105,16 @@ class ProxyEndpoint:
                 raise
             if exchange.task is not None:
                 exchange.task.uncancel()
+            scope[keys.REASON] = "client_closed"
             logger.info("client went away; upstream exchange with %s cancelled", upstream.url)
         except ClientGone:
+            scope[keys.REASON] = "client_closed"
             logger.info("client went away while sending its body to %s", upstream.url)
         except Exception as exc:
             failure = failure_for(exc)
             if failure is None:
                 raise
+            scope[keys.REASON] = failure.reason
             request_id = scope.get(keys.REQUEST_ID, "")
             logger.log(
                 failure.log_level,
@@ -129,6 +133,9 @@ class ProxyEndpoint:
     async def _relay(self, scope: Scope, exchange: Exchange, upstream: Upstream) -> None:
         request = self._upstream_request(scope, exchange, upstream)
         response = await self._client.send(request, stream=True)
+        timings = scope.get(keys.TIMINGS)
+        if timings is not None:
+            timings["upstream_headers"] = time.perf_counter()
         try:
             status = response.status_code
             await exchange.send(

@@ -15,12 +15,17 @@ GATEWAY_PREFIX = b"/_gateway"
 
 class RouteTable:
     """Prefix -> endpoint. A prefix matches itself and whatever lies below it on a segment boundary;
-    the longest match wins. Lookup walks the path's ancestors: one dict probe per segment."""
+    the longest match wins. Lookup walks the path's ancestors: one dict probe per segment.
+
+    Matching ignores case (as Caddy's does): `/API/admin` must not slip past the filters of `/api/admin`
+    to an upstream that reads paths case-insensitively. The path itself goes upstream as the client sent it.
+    """
 
     def __init__(self, endpoints: Mapping[str, ASGIApp]) -> None:
-        self._endpoints = {prefix.encode(): (prefix, endpoint) for prefix, endpoint in endpoints.items()}
+        self._endpoints = {prefix.lower().encode(): (prefix, endpoint) for prefix, endpoint in endpoints.items()}
 
     def match(self, path: bytes) -> tuple[str, ASGIApp] | None:
+        path = path.lower()
         while True:
             found = self._endpoints.get(path)
             if found is not None:
@@ -53,6 +58,7 @@ class GatewayRouter:
         try:
             path = routing_path(raw_path)
         except BadTarget as exc:
+            scope[keys.REASON] = "bad_target"
             await send_problem(send, 400, f"The request target is refused: {exc}.", request_id)
             return
         if path == GATEWAY_PREFIX or path.startswith(GATEWAY_PREFIX + b"/"):
@@ -60,6 +66,7 @@ class GatewayRouter:
             return
         found = self._table.match(path)
         if found is None:
+            scope[keys.REASON] = "no_route"
             await send_problem(send, 404, "No route matches this path.", request_id)
             return
         prefix, endpoint = found

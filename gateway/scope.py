@@ -3,3 +3,6 @@
 REQUEST_ID = "gateway.request_id"  # str: the X-Request-ID settled on by the request-id middleware
 ROUTE = "gateway.route"  # str: the matched route's prefix
 UPSTREAM = "gateway.upstream"  # str: the URL of the upstream instance picked for this request
+CLIENT_IP = "gateway.client_ip"  # str: the client's address, resolved across trusted proxies
+REASON = "gateway.reason"  # str: why the exchange did not go as asked (ip_filter, body_limit, client_closed...)
+TIMINGS = "gateway.timings"  # dict[str, float]: loop times of upstream milestones, for the access log

@@ -1,12 +1,16 @@
 """Validated settings for the gateway: one source of truth, read once at start-up."""
 
 from settings.gateway import GatewaySettings, SettingsError, load_settings
+from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings
 from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
 from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
 
 __all__ = [
+    "AccessLogSettings",
     "ClientSettings",
     "GatewaySettings",
+    "IPFilterSettings",
+    "MiddlewareSettings",
     "ProxySettings",
     "RouteSettings",
     "ServerSettings",

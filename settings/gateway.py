@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import InitSettingsSource
 
+from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings
 from settings.routes import RouteSettings
 from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
 
@@ -47,17 +48,23 @@ class GatewaySettings(BaseSettings):
     tls: TlsSettings = Field(TlsSettings(), description="TLS termination.")
     proxy: ProxySettings = Field(ProxySettings(), description="Trusted forwarding proxies.")
     client: ClientSettings = Field(ClientSettings(), description="Shared upstream client.")
+    access_log: AccessLogSettings = Field(AccessLogSettings(), description="Access log.")
+    ip_filter: IPFilterSettings = Field(IPFilterSettings(), description="Who may use the gateway at all.")
+    middleware: list[MiddlewareSettings] = Field(
+        default_factory=list, description="User middleware for every request, outermost first."
+    )
     routes: list[RouteSettings] = Field(default_factory=list, description="The route table. Default none.")
 
     @model_validator(mode="after")
     def _unique_prefixes(self) -> GatewaySettings:
         first_use: dict[str, int] = {}
         for index, route in enumerate(self.routes):
-            if route.prefix in first_use:
+            prefix = route.prefix.lower()  # routes match case-insensitively
+            if prefix in first_use:
                 raise ValueError(
-                    f"routes[{index}].prefix: {route.prefix!r} is already used by routes[{first_use[route.prefix]}]"
+                    f"routes[{index}].prefix: {route.prefix!r} is already used by routes[{first_use[prefix]}]"
                 )
-            first_use[route.prefix] = index
+            first_use[prefix] = index
         return self
 
     @classmethod

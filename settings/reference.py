@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from settings.gateway import GatewaySettings
+from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings
 from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
 from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
 
@@ -23,6 +24,9 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("[tls]", "GATEWAY_TLS__", TlsSettings),
     ("[proxy]", "GATEWAY_PROXY__", ProxySettings),
     ("[client]", "GATEWAY_CLIENT__", ClientSettings),
+    ("[access_log]", "GATEWAY_ACCESS_LOG__", AccessLogSettings),
+    ("[ip_filter] and [routes.ip_filter]", "GATEWAY_IP_FILTER__", IPFilterSettings),
+    ("[[middleware]] and [[routes.middleware]]", "GATEWAY_MIDDLEWARE (JSON list)", MiddlewareSettings),
     ("[[routes]]", "GATEWAY_ROUTES (JSON list)", RouteSettings),
     ("[routes.timeouts]", "inside each route", TimeoutSettings),
     ("upstreams entries", "a URL string, or a table", UpstreamSettings),
@@ -33,11 +37,24 @@ def _type_name(model: type[BaseModel], field: str) -> str:
     annotation = model.model_fields[field].annotation
     generic = getattr(annotation, "__args__", None)
     text = str(annotation) if generic else getattr(annotation, "__name__", str(annotation))
-    for module in ("typing.", "pathlib.", "ipaddress.", "settings.routes.", "typing_extensions."):
+    for module in (
+        "typing.",
+        "pathlib.",
+        "ipaddress.",
+        "settings.routes.",
+        "settings.protection.",
+        "typing_extensions.",
+    ):
         text = text.replace(module, "")
-    # The only Annotated field is `upstreams`, whose entries may be written as bare URL strings.
-    text = re.sub(r"Annotated\[(\w+), [^\]]*\]", r"str | \1", text)
+    # Annotated fields take strings that their validators parse: name them by what they accept.
+    text = re.sub(r"Annotated\[(.+?), BeforeValidator\(func=<function (\w+) at \w+>[^\]]*\]", _accepted, text)
     return text.replace(" | ", " \\| ")
+
+
+def _accepted(match: re.Match[str]) -> str:
+    return {"_upstream_from_shorthand": "str | UpstreamSettings", "_parse_network": "address or CIDR"}.get(
+        match.group(2), match.group(1)
+    )
 
 
 def reference() -> str:
@@ -48,7 +65,8 @@ def reference() -> str:
             description = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | `{_type_name(model, name)}` | {description} |")
         lines.append("")
-    unknown = set(GatewaySettings.model_fields) - {"server", "tls", "proxy", "client", "routes"}
+    known = {"server", "tls", "proxy", "client", "access_log", "ip_filter", "middleware", "routes"}
+    unknown = set(GatewaySettings.model_fields) - known
     assert not unknown, f"add {unknown} to SECTIONS"
     lines.append(END)
     return "\n".join(lines)

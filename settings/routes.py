@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from settings.protection import IPFilterSettings, MiddlewareSettings
+
 MIB = 1024 * 1024
 
 # A prefix is plain path segments: no dot-segments, no percent-escapes, no doubled slashes.
@@ -84,6 +86,12 @@ class RouteSettings(BaseModel):
         10 * MIB, ge=0, description="Largest request body accepted (413 above it); null for no limit. Default 10 MiB."
     )
     timeouts: TimeoutSettings = Field(TimeoutSettings(), description="Upstream timeouts.")
+    ip_filter: IPFilterSettings = Field(
+        IPFilterSettings(), description="Who may use this route, checked after the global filter. Default all."
+    )
+    middleware: list[MiddlewareSettings] = Field(
+        default_factory=list, description="User middleware for this route only, outermost first. Default none."
+    )
 
     @field_validator("prefix")
     @classmethod

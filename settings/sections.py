@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from settings.protection import Network
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
@@ -51,7 +52,7 @@ class ProxySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+    trusted_proxies: list[Network] = Field(
         default_factory=list,
         description="Networks (CIDR) whose forwarding headers are believed. Default none: the peer is the client.",
     )

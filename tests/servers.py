@@ -177,10 +177,21 @@ class GatewayProcess:
     url: str
     process: subprocess.Popen[bytes]
     log: IO[bytes]
+    out: IO[bytes]
 
     def stderr(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
+
+    def stdout_lines(self, count: int) -> list[str]:
+        """The first `count` lines the gateway wrote to stdout (waits up to WAIT seconds for them)."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            self.out.seek(0)
+            lines = self.out.read().decode(errors="replace").splitlines()
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines[:count]
+            time.sleep(0.05)
 
     def peak_rss_kib(self) -> int:
         return _status_kib(self.process.pid, "VmHWM")
@@ -205,14 +216,15 @@ def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
     command += ["--no-proxy-headers", "--log-level", "warning", *args]
     full_env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
     full_env.update(env)
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=[sock.fileno()], stderr=log)
-    gateway = GatewayProcess(f"http://127.0.0.1:{sock.getsockname()[1]}", process, log)
+    log, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env, pass_fds=[sock.fileno()], stderr=log, stdout=out)
+    gateway = GatewayProcess(f"http://127.0.0.1:{sock.getsockname()[1]}", process, log, out)
     try:
         wait_for_health(gateway.url, process, log)
         yield gateway
     finally:
         log.close()
+        out.close()
         process.terminate()
         try:
             process.wait(WAIT)

@@ -18,7 +18,8 @@ TABLE = RouteTable({"/": "root", "/api": "api", "/api/admin": "admin", "/static"
         (b"/api/admin", "admin"),
         (b"/api/admin/x", "admin"),
         (b"/api/administrator", "api"),
-        (b"/API", "root"),
+        (b"/API", "api"),
+        (b"/Api/Admin/x", "admin"),
         (b"/static/css/site.css", "static"),
     ],
 )

@@ -1,0 +1,26 @@
+"""Client IP: settles `scope["gateway.client_ip"]` once, for every later stage (filters, limits, logs)."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway import scope as keys
+from gateway.clientip import ClientIPResolver
+
+
+class ClientIPMiddleware:
+    """Resolves the client's address with the gateway's one resolver (trusted proxies only)."""
+
+    def __init__(self, app: ASGIApp, *, resolver: ClientIPResolver) -> None:
+        self.app = app
+        self._resolver = resolver
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            peer = scope["client"][0] if scope.get("client") else ""
+            if self._resolver.is_trusted(peer):
+                forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
+                scope[keys.CLIENT_IP] = self._resolver.resolve(peer, forwarded)
+            else:
+                scope[keys.CLIENT_IP] = peer
+        await self.app(scope, receive, send)
