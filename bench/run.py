@@ -69,6 +69,22 @@ http {{
 """
 
 
+def feature_env(features: str, workdir: Path) -> dict[str, str]:
+    """Settings for each --features choice (a TOML file for the long IP list: too big for a variable)."""
+    if features == "bare":
+        return {"GATEWAY_ACCESS_LOG__ENABLED": "false"}
+    if features == "all":
+        deny = ", ".join(f'"10.{i // 256}.{i % 256}.0/24"' for i in range(10_000))
+        config = workdir / "all-features.toml"
+        config.write_text(
+            f"[ip_filter]\ndeny = [{deny}]\n\n[[middleware]]\n"
+            'factory = "examples.headers_policy:HeaderPolicyMiddleware"\n'
+            'options = { remove = ["x-powered-by"] }\n'
+        )
+        return {"GATEWAY_CONFIG": str(config)}
+    return {}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -93,6 +109,7 @@ def wait_until_up(url: str) -> None:
 @contextlib.contextmanager
 def running(command: list[str], url: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # (The access log goes to stdout, here to /dev/null: its formatting and writing are still paid for.)
     try:
         wait_until_up(url)
         yield process
@@ -166,6 +183,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds of load per cell (default 5)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, default all")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
+    parser.add_argument(
+        "--features",
+        choices=["default", "bare", "all"],
+        default="default",
+        help="default: shipped settings (access log on); bare: access log off; "
+        "all: access log, a 10,000-network IP filter and a user middleware",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench/run.py needs wrk: apt-get install -y wrk (nginx too, for the fast origin)")
@@ -173,7 +197,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as temp, origin(Path(temp)) as origin_url:
         port = free_port()
         routes = json.dumps([{"prefix": "/", "upstreams": [origin_url], "max_body_bytes": None}])
-        env = {**os.environ, "GATEWAY_ROUTES": routes}
+        env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(args.features, Path(temp))}
         gateway_url = f"http://127.0.0.1:{port}"
         rows = []
         with running(gateway_command(port, args.workers), gateway_url + "/_gateway/health", env) as gateway:
@@ -185,7 +209,10 @@ def main() -> None:
 
 
 def print_table(rows: list[tuple[Scenario, dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} CPUs  workers={args.workers}  {args.duration}s/cell")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} CPUs  workers={args.workers}  "
+        f"features={args.features}  {args.duration}s/cell"
+    )
     header = f"{'scenario':<16}{'target':<9}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'errors':>7}"
     print(header + f"{'x direct':>9}{'gw CPU-s/10k':>13}{'µs/req':>8}")
     for scenario, direct, through in rows:
