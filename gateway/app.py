@@ -23,9 +23,17 @@ from gateway.middleware.clientip import ClientIPMiddleware
 from gateway.middleware.ipfilter import IPFilterMiddleware
 from gateway.middleware.requestid import RequestIdMiddleware
 from gateway.proxy import ProxyEndpoint
+from gateway.ratelimit import MemoryStore, RateLimitMiddleware, RedisStore, Store
 from gateway.routing import GatewayRouter, RouteTable
 from gateway.static import StaticEndpoint
-from settings import GatewaySettings, RouteSettings, SettingsError, load_settings
+from settings import (
+    GatewaySettings,
+    RateLimitPolicy,
+    RateLimitSettings,
+    RouteSettings,
+    SettingsError,
+    load_settings,
+)
 
 
 def create_app(
@@ -44,8 +52,13 @@ def create_app(
     settings = settings or load_settings()
     client = create_client(settings.client, transport)
     resolver = ClientIPResolver(settings.proxy.trusted_proxies)
+    limits = settings.rate_limit
+    store = _rate_limit_store(settings)
     table = RouteTable(
-        {route.prefix: _route_stack(route, index, client, resolver) for index, route in enumerate(settings.routes)}
+        {
+            route.prefix: _route_stack(route, index, client, resolver, store, limits)
+            for index, route in enumerate(settings.routes)
+        }
     )
 
     @asynccontextmanager
@@ -54,6 +67,8 @@ def create_app(
             yield
         finally:
             await client.aclose()
+            if store is not None:
+                await store.aclose()
 
     # Cheap refusals first; the route table is the innermost middleware: proxied and static requests end
     # there, so they skip Starlette's exception middleware and router, which serve only `/_gateway/...`
@@ -63,6 +78,8 @@ def create_app(
         chain.append(Middleware(AccessLogMiddleware))
     if settings.ip_filter.active:
         chain.append(Middleware(IPFilterMiddleware, allow=settings.ip_filter.allow, deny=settings.ip_filter.deny))
+    if store is not None and limits.policies:
+        chain.append(_rate_limits(limits.policies, store, limits, "g:"))
     chain += [*from_settings(settings.middleware, "middleware"), *middleware, Middleware(GatewayRouter, table=table)]
     app = Starlette(
         routes=gateway_routes(),
@@ -81,16 +98,49 @@ def create_app(
     return app
 
 
-def _route_stack(route: RouteSettings, index: int, client: httpx.AsyncClient, resolver: ClientIPResolver) -> ASGIApp:
-    """The route's endpoint inside its own IP filter and user middleware (outermost first)."""
+def _rate_limit_store(settings: GatewaySettings) -> Store | None:
+    """The one bucket store, when any policy needs it."""
+    limits = settings.rate_limit
+    if not limits.policies and not any(route.rate_limit for route in settings.routes):
+        return None
+    if limits.store == "redis":
+        return RedisStore(limits.redis_url, limits.redis_timeout)
+    return MemoryStore(limits.max_keys)
+
+
+def _rate_limits(
+    policies: Sequence[RateLimitPolicy], store: Store, limits: RateLimitSettings, prefix: str
+) -> Middleware:
+    return Middleware(
+        RateLimitMiddleware,
+        policies=policies,
+        store=store,
+        bucket_prefix=prefix,
+        fail_closed=limits.on_store_failure == "closed",
+        headers_on_success=limits.headers_on_success,
+    )
+
+
+def _route_stack(
+    route: RouteSettings,
+    index: int,
+    client: httpx.AsyncClient,
+    resolver: ClientIPResolver,
+    store: Store | None,
+    limits: RateLimitSettings,
+) -> ASGIApp:
+    """The route's endpoint inside its own IP filter, rate limits and user middleware (outermost first)."""
     endpoint: ASGIApp
     if route.static_dir is not None:
         endpoint = StaticEndpoint(route.prefix, route.static_dir)
     else:
         endpoint = ProxyEndpoint(route, client, resolver)
-    stack = from_settings(route.middleware, f"routes[{index}].middleware")
+    stack: list[Middleware] = []
     if route.ip_filter.active:
-        stack.insert(0, Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))
+        stack.append(Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))
+    if store is not None and route.rate_limit:
+        stack.append(_rate_limits(route.rate_limit, store, limits, f"r{index}:"))
+    stack += from_settings(route.middleware, f"routes[{index}].middleware")
     try:
         return wrap(endpoint, stack)
     except (TypeError, ValueError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -69,12 +70,15 @@ def problem_body(status: int, detail: str, request_id: str) -> bytes:
     ).encode()
 
 
-async def send_problem(send: Send, status: int, detail: str, request_id: str = "") -> None:
+async def send_problem(
+    send: Send, status: int, detail: str, request_id: str = "", extra_headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """Answer with an `application/problem+json` body."""
     body = problem_body(status, detail, request_id)
     headers = [
         (b"content-type", PROBLEM_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
+        *extra_headers,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

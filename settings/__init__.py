@@ -1,7 +1,13 @@
 """Validated settings for the gateway: one source of truth, read once at start-up."""
 
 from settings.gateway import GatewaySettings, SettingsError, load_settings
-from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings
+from settings.protection import (
+    AccessLogSettings,
+    IPFilterSettings,
+    MiddlewareSettings,
+    RateLimitPolicy,
+    RateLimitSettings,
+)
 from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
 from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
 
@@ -12,6 +18,8 @@ __all__ = [
     "IPFilterSettings",
     "MiddlewareSettings",
     "ProxySettings",
+    "RateLimitPolicy",
+    "RateLimitSettings",
     "RouteSettings",
     "ServerSettings",
     "SettingsError",

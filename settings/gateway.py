@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import InitSettingsSource
 
-from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings
+from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings, RateLimitSettings
 from settings.routes import RouteSettings
 from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
 
@@ -50,6 +50,7 @@ class GatewaySettings(BaseSettings):
     client: ClientSettings = Field(ClientSettings(), description="Shared upstream client.")
     access_log: AccessLogSettings = Field(AccessLogSettings(), description="Access log.")
     ip_filter: IPFilterSettings = Field(IPFilterSettings(), description="Who may use the gateway at all.")
+    rate_limit: RateLimitSettings = Field(RateLimitSettings(), description="Rate limits.")
     middleware: list[MiddlewareSettings] = Field(
         default_factory=list, description="User middleware for every request, outermost first."
     )

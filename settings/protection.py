@@ -57,3 +57,48 @@ class MiddlewareSettings(BaseModel):
 
     factory: ImportString[Any] = Field(description="`package.module:Class`, imported at start-up. Required.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the class. Default none.")
+
+
+class RateLimitPolicy(BaseModel):
+    """A token bucket: `burst` requests at once, refilled at `rate` per second, per key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Shown in RateLimit headers.")
+    rate: float = Field(gt=0, description="Requests per second, sustained. Required.")
+    burst: int = Field(ge=1, description="Requests allowed at once (the bucket's size). Required.")
+    key: str = Field(
+        "client_ip",
+        pattern=r"^(client_ip|route|header:[A-Za-z0-9-]+)$",
+        description="What is limited: `client_ip`, `route` (everyone together) or `header:<name>` (an API key; "
+        "requests without it fall back to the client IP). Default client_ip.",
+    )
+    methods: list[str] = Field(
+        default_factory=list, description='Only these methods count (e.g. ["POST"]); empty means all. Default all.'
+    )
+    only: list[Network] = Field(default_factory=list, description="Only clients in these networks. Default all.")
+    exempt: list[Network] = Field(default_factory=list, description="Clients never limited. Default none.")
+
+
+class RateLimitSettings(BaseModel):
+    """Where buckets live, and the policies that apply to every request (routes add their own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: list[RateLimitPolicy] = Field(default_factory=list, description="Global policies. Default none.")
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="`memory` (per worker process) or `redis` (shared by all instances). Default memory."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description='Redis for `store = "redis"`.')
+    redis_timeout: float = Field(
+        0.01, gt=0, description="Seconds a Redis decision may take before `on_store_failure` applies. Default 0.01."
+    )
+    on_store_failure: Literal["open", "closed"] = Field(
+        "open", description="When Redis fails: `open` lets requests through, `closed` answers 503. Default open."
+    )
+    max_keys: int = Field(
+        100_000, ge=1, description="Buckets the memory store keeps; idle ones go first. Default 100000."
+    )
+    headers_on_success: bool = Field(
+        False, description="Add the `RateLimit` header to allowed responses too. Default false."
+    )

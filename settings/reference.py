@@ -12,7 +12,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from settings.gateway import GatewaySettings
-from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings
+from settings.protection import (
+    AccessLogSettings,
+    IPFilterSettings,
+    MiddlewareSettings,
+    RateLimitPolicy,
+    RateLimitSettings,
+)
 from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
 from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
 
@@ -26,6 +32,8 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("[client]", "GATEWAY_CLIENT__", ClientSettings),
     ("[access_log]", "GATEWAY_ACCESS_LOG__", AccessLogSettings),
     ("[ip_filter] and [routes.ip_filter]", "GATEWAY_IP_FILTER__", IPFilterSettings),
+    ("[rate_limit]", "GATEWAY_RATE_LIMIT__", RateLimitSettings),
+    ("[[rate_limit.policies]] and [[routes.rate_limit]]", "inside [rate_limit] or a route", RateLimitPolicy),
     ("[[middleware]] and [[routes.middleware]]", "GATEWAY_MIDDLEWARE (JSON list)", MiddlewareSettings),
     ("[[routes]]", "GATEWAY_ROUTES (JSON list)", RouteSettings),
     ("[routes.timeouts]", "inside each route", TimeoutSettings),
@@ -65,7 +73,7 @@ def reference() -> str:
             description = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | `{_type_name(model, name)}` | {description} |")
         lines.append("")
-    known = {"server", "tls", "proxy", "client", "access_log", "ip_filter", "middleware", "routes"}
+    known = {"server", "tls", "proxy", "client", "access_log", "ip_filter", "rate_limit", "middleware", "routes"}
     unknown = set(GatewaySettings.model_fields) - known
     assert not unknown, f"add {unknown} to SECTIONS"
     lines.append(END)

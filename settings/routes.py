@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from settings.protection import IPFilterSettings, MiddlewareSettings
+from settings.protection import IPFilterSettings, MiddlewareSettings, RateLimitPolicy
 
 MIB = 1024 * 1024
 
@@ -88,6 +88,9 @@ class RouteSettings(BaseModel):
     timeouts: TimeoutSettings = Field(TimeoutSettings(), description="Upstream timeouts.")
     ip_filter: IPFilterSettings = Field(
         IPFilterSettings(), description="Who may use this route, checked after the global filter. Default all."
+    )
+    rate_limit: list[RateLimitPolicy] = Field(
+        default_factory=list, description="Rate-limit policies for this route, after the global ones. Default none."
     )
     middleware: list[MiddlewareSettings] = Field(
         default_factory=list, description="User middleware for this route only, outermost first. Default none."

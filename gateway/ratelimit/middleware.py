@@ -1,0 +1,123 @@
+"""RateLimitMiddleware: 429 with Retry-After and the IETF RateLimit headers when a policy's bucket is empty."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import scope as keys
+from gateway.errors import send_problem
+from gateway.netset import NetworkSet
+from gateway.ratelimit.buckets import Decision, Store
+from settings import RateLimitPolicy
+
+GATEWAY_ENDPOINTS = "/_gateway/"
+
+
+class Policy:
+    """A validated policy with its lookups prepared once."""
+
+    def __init__(self, settings: RateLimitPolicy, bucket_prefix: str) -> None:
+        self.name = settings.name
+        self.burst = settings.burst
+        self.interval = 1.0 / settings.rate
+        self.capacity = settings.burst * self.interval
+        self.window = math.ceil(self.capacity)
+        self._methods = frozenset(method.upper() for method in settings.methods)
+        self._only = NetworkSet(settings.only)
+        self._exempt = NetworkSet(settings.exempt)
+        self._header = (
+            settings.key.removeprefix("header:").lower().encode() if settings.key.startswith("header:") else None
+        )
+        self._shared = settings.key == "route"
+        self._prefix = bucket_prefix
+
+    def applies(self, method: str, client: str) -> bool:
+        if self._methods and method not in self._methods:
+            return False
+        if self._exempt and self._exempt.contains(client):
+            return False
+        return not self._only or self._only.contains(client)
+
+    def bucket(self, scope: Scope, client: str) -> str:
+        if self._shared:
+            return self._prefix
+        if self._header is not None:
+            for name, value in scope["headers"]:
+                if name == self._header:
+                    return f"{self._prefix}h:{value.decode('latin-1')}"
+        return f"{self._prefix}ip:{client}"
+
+    def header_values(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers)."""
+        return [
+            (b"ratelimit-policy", f'"{self.name}";q={self.burst};w={self.window}'.encode()),
+            (b"ratelimit", f'"{self.name}";r={decision.remaining};t={math.ceil(decision.reset)}'.encode()),
+        ]
+
+
+class RateLimitMiddleware:
+    """Spends a token from every applicable policy's bucket, in order; the first empty bucket refuses.
+
+    Trusts `scope["gateway.client_ip"]` (set by ClientIPMiddleware). A store failure lets the request
+    through, or answers 503 when `fail_closed`. `/_gateway/...` is never limited.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policies: Sequence[RateLimitPolicy],
+        store: Store,
+        bucket_prefix: str,
+        fail_closed: bool = False,
+        headers_on_success: bool = False,
+    ) -> None:
+        self.app = app
+        self._policies = [Policy(policy, f"{bucket_prefix}{index}:") for index, policy in enumerate(policies)]
+        self._store = store
+        self._fail_closed = fail_closed
+        self._headers_on_success = headers_on_success
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The gateway's own endpoints (health checks from a platform) are never limited.
+        if scope["type"] != "http" or scope["path"].startswith(GATEWAY_ENDPOINTS):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else "")
+        tightest: tuple[Policy, Decision] | None = None
+        for policy in self._policies:
+            if not policy.applies(scope["method"], client):
+                continue
+            decision = await self._store.hit(policy.bucket(scope, client), policy.interval, policy.capacity)
+            if decision is None:
+                if self._fail_closed:
+                    scope[keys.REASON] = "rate_limit_store"
+                    await send_problem(send, 503, "Rate limiting is unavailable.", scope.get(keys.REQUEST_ID, ""))
+                    return
+                continue
+            if not decision.allowed:
+                await self._refuse(scope, send, policy, decision)
+                return
+            if tightest is None or decision.remaining < tightest[1].remaining:
+                tightest = (policy, decision)
+        if not self._headers_on_success or tightest is None:
+            await self.app(scope, receive, send)
+            return
+        extra = tightest[0].header_values(tightest[1])
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _refuse(self, scope: Scope, send: Send, policy: Policy, decision: Decision) -> None:
+        scope[keys.REASON] = "rate_limit"
+        retry_after = max(1, math.ceil(decision.retry_after))
+        headers = [(b"retry-after", str(retry_after).encode()), *policy.header_values(decision)]
+        detail = f"Too many requests; retry after {retry_after} s."
+        await send_problem(send, 429, detail, scope.get(keys.REQUEST_ID, ""), headers)

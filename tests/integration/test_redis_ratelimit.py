@@ -1,0 +1,110 @@
+"""Rate limits shared through a real redis-server by two gateway processes, and what happens when it dies."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import WAIT, gateway_process, loopback_socket, scripted_upstream
+
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS is None and not os.environ.get("CI"), reason="redis-server is not installed (.ci/run installs it)"
+)
+
+
+@contextlib.contextmanager
+def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    assert REDIS is not None, "redis-server is missing: .ci/run installs it with apt-get"
+    command = [
+        REDIS,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + WAIT
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+            conn.sendall(b"PING\r\n")
+            if conn.recv(16).startswith(b"+PONG"):
+                break
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(WAIT)
+
+
+def free_port() -> int:
+    sock = loopback_socket()
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def gateway_env(upstream: str, redis_port: int, **limits: object) -> dict[str, str]:
+    rate_limit = {
+        "store": "redis",
+        "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+        "redis_timeout": 0.2,
+        "policies": [{"name": "shared", "rate": 0.01, "burst": 10}],
+        **limits,
+    }
+    return {
+        "GATEWAY_ROUTES": json.dumps([{"prefix": "/", "upstreams": [upstream]}]),
+        "GATEWAY_RATE_LIMIT": json.dumps(rate_limit),
+        "GATEWAY_ACCESS_LOG__ENABLED": "false",
+    }
+
+
+def test_two_instances_share_one_limit(tmp_path: Path) -> None:
+    port = free_port()
+    with redis_server(port, tmp_path), scripted_upstream() as upstream:
+        env = gateway_env(upstream.url, port)
+        with gateway_process(env) as first, gateway_process(env) as second:
+            statuses = [httpx.get((first, second)[index % 2].url + "/x").status_code for index in range(30)]
+    assert statuses.count(200) in (10, 11)  # what one instance alone would allow, within one
+    assert statuses[:10] == [200] * 10
+    assert statuses[-5:] == [429] * 5
+
+
+@pytest.mark.parametrize(("failure", "while_down"), [("open", 200), ("closed", 503)])
+def test_redis_outage_fails_open_or_closed_and_recovers(tmp_path: Path, failure: str, while_down: int) -> None:
+    port = free_port()
+    with scripted_upstream() as upstream:
+        env = gateway_env(upstream.url, port, on_store_failure=failure)
+        env["GATEWAY_RATE_LIMIT"] = env["GATEWAY_RATE_LIMIT"].replace('"burst": 10', '"burst": 2')
+        with gateway_process(env) as gateway:
+            with redis_server(port, tmp_path):
+                limited = [httpx.get(gateway.url + "/x").status_code for _ in range(3)]
+            down = [httpx.get(gateway.url + "/x").status_code for _ in range(5)]  # redis-server stopped
+            health = httpx.get(gateway.url + "/_gateway/health").status_code
+            with redis_server(port, tmp_path):
+                back = [httpx.get(gateway.url + "/x").status_code for _ in range(3)]
+            log = gateway.stderr()
+    assert limited == [200, 200, 429]
+    assert down == [while_down] * 5
+    assert health == 200
+    assert back == [200, 200, 429]  # the restarted Redis has empty buckets, and limits again
+    assert log.count("rate-limit store unavailable") == 1  # once per interval, not per request
+    assert "rate-limit store is back" in log
