@@ -79,7 +79,8 @@ def feature_env(features: str, workdir: Path) -> dict[str, str]:
         config.write_text(
             f"[ip_filter]\ndeny = [{deny}]\n\n[[middleware]]\n"
             'factory = "examples.headers_policy:HeaderPolicyMiddleware"\n'
-            'options = { remove = ["x-powered-by"] }\n'
+            'options = { remove = ["x-powered-by"] }\n\n'
+            "[[rate_limit.policies]]\nrate = 1000000\nburst = 1000000\n"
         )
         return {"GATEWAY_CONFIG": str(config)}
     return {}
@@ -185,44 +186,48 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     parser.add_argument(
         "--features",
-        choices=["default", "bare", "all"],
         default="default",
-        help="default: shipped settings (access log on); bare: access log off; "
-        "all: access log, a 10,000-network IP filter and a user middleware",
+        help="comma-separated gateway configurations, each measured in the same run: default (shipped "
+        "settings: access log on), bare (access log off), all (access log, a 10,000-network IP filter, a "
+        "rate limit that never refuses, a user middleware). Default: default",
     )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench/run.py needs wrk: apt-get install -y wrk (nginx too, for the fast origin)")
     scenarios = [SCENARIOS[name] for name in args.scenarios.split(",")]
+    features = args.features.split(",")
+    rows: list[tuple[Scenario, str, dict[str, float], dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as temp, origin(Path(temp)) as origin_url:
-        port = free_port()
         routes = json.dumps([{"prefix": "/", "upstreams": [origin_url], "max_body_bytes": None}])
-        env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(args.features, Path(temp))}
-        gateway_url = f"http://127.0.0.1:{port}"
-        rows = []
-        with running(gateway_command(port, args.workers), gateway_url + "/_gateway/health", env) as gateway:
-            for scenario in scenarios:
-                direct = measure(origin_url, scenario, args.duration, None)
-                through = measure(gateway_url, scenario, args.duration, gateway.pid)
-                rows.append((scenario, direct, through))
+        direct = {scenario.name: measure(origin_url, scenario, args.duration, None) for scenario in scenarios}
+        for feature in features:
+            port = free_port()
+            env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp))}
+            gateway_url = f"http://127.0.0.1:{port}"
+            with running(gateway_command(port, args.workers), gateway_url + "/_gateway/health", env) as gateway:
+                for scenario in scenarios:
+                    through = measure(gateway_url, scenario, args.duration, gateway.pid)
+                    rows.append((scenario, feature, direct[scenario.name], through))
     print_table(rows, args)
 
 
-def print_table(rows: list[tuple[Scenario, dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} CPUs  workers={args.workers}  "
-        f"features={args.features}  {args.duration}s/cell"
-    )
-    header = f"{'scenario':<16}{'target':<9}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'errors':>7}"
+def print_table(rows: list[tuple[Scenario, str, dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} CPUs  workers={args.workers}  {args.duration}s/cell")
+    header = f"{'scenario':<16}{'target':<17}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'errors':>7}"
     print(header + f"{'x direct':>9}{'gw CPU-s/10k':>13}{'µs/req':>8}")
-    for scenario, direct, through in rows:
-        for name, result in (("direct", direct), ("gateway", through)):
+    shown: set[str] = set()
+    for scenario, feature, direct, through in sorted(rows, key=lambda row: list(SCENARIOS).index(row[0].name)):
+        cells = [(f"gateway/{feature}", through)]
+        if scenario.name not in shown:
+            cells.insert(0, ("direct", direct))
+            shown.add(scenario.name)
+        for name, result in cells:
             errors = int(result["errors"] + result["non2xx"])
             ratio = result["rps"] / direct["rps"]
             cpu = result.get("cpu_per_10k")
             cpu_text = f"{cpu:>13.2f}{cpu * 100:>8.0f}" if cpu is not None else f"{'-':>13}{'-':>8}"
             print(
-                f"{scenario.name:<16}{name:<9}{result['rps']:>9.0f}{result['bytes'] / result['seconds'] / 1e6:>8.1f}"
+                f"{scenario.name:<16}{name:<17}{result['rps']:>9.0f}{result['bytes'] / result['seconds'] / 1e6:>8.1f}"
                 f"{result['p50_ms']:>8.2f}{result['p99_ms']:>9.2f}{errors:>7}{ratio:>9.3f}{cpu_text}"
             )
 

@@ -26,19 +26,9 @@ pytestmark = pytest.mark.skipif(
 @contextlib.contextmanager
 def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     assert REDIS is not None, "redis-server is missing: .ci/run installs it with apt-get"
-    command = [
-        REDIS,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
+    command = [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+    command += ["--save", "", "--appendonly", "no"]
+    command += ["--enable-debug-command", "yes"]  # DEBUG SLEEP makes a slow Redis on demand
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + WAIT
     while True:
@@ -108,3 +98,18 @@ def test_redis_outage_fails_open_or_closed_and_recovers(tmp_path: Path, failure:
     assert back == [200, 200, 429]  # the restarted Redis has empty buckets, and limits again
     assert log.count("rate-limit store unavailable") == 1  # once per interval, not per request
     assert "rate-limit store is back" in log
+
+
+def test_a_slow_redis_is_given_up_on_after_its_deadline(tmp_path: Path) -> None:
+    port = free_port()
+    with scripted_upstream() as upstream, redis_server(port, tmp_path):
+        env = gateway_env(upstream.url, port, redis_timeout=0.05, on_store_failure="closed")
+        with gateway_process(env) as gateway:
+            assert httpx.get(gateway.url + "/x").status_code == 200
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as admin:
+                admin.sendall(b"DEBUG SLEEP 1.5\r\n")  # Redis stalls for 1.5 s
+                time.sleep(0.1)
+                stalled = httpx.get(gateway.url + "/x", timeout=10)
+                assert admin.recv(16).startswith(b"+OK")
+    # fail-closed: had the decision waited for Redis to wake up, it would have been allowed (200)
+    assert stalled.status_code == 503

@@ -106,6 +106,15 @@ async def test_forwarding_headers_and_request_id(upstream: respx.MockRouter) -> 
     assert response.headers["x-request-id"] == "abc-123"
 
 
+async def test_trace_context_passes_through_untouched(upstream: respx.MockRouter) -> None:
+    upstream.route(host="api.internal").respond(200)
+    trace = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "vendor=a,b=c"}
+    async with build(upstream) as client:
+        await client.get("/api/x", headers=trace)
+    sent = upstream.calls.last.request
+    assert (sent.headers["traceparent"], sent.headers["tracestate"]) == (trace["traceparent"], trace["tracestate"])
+
+
 async def test_trusted_proxy_forwarding_headers_are_kept(upstream: respx.MockRouter) -> None:
     upstream.route(host="api.internal").respond(200)
     proxy = {"trusted_proxies": ["192.0.2.0/24"]}
