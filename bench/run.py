@@ -86,6 +86,29 @@ def feature_env(features: str, workdir: Path) -> dict[str, str]:
     return {}
 
 
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_max_body_size 64m;
+  keepalive_requests 1000000;
+  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -200,6 +223,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as temp, origin(Path(temp)) as origin_url:
         routes = json.dumps([{"prefix": "/", "upstreams": [origin_url], "max_body_bytes": None}])
         direct = {scenario.name: measure(origin_url, scenario, args.duration, None) for scenario in scenarios}
+        if shutil.which("nginx"):
+            rows += nginx_rows(Path(temp), origin_url, scenarios, direct, args.duration)
         for feature in features:
             port = free_port()
             env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp))}
@@ -211,24 +236,43 @@ def main() -> None:
     print_table(rows, args)
 
 
+def nginx_rows(
+    workdir: Path, origin_url: str, scenarios: list[Scenario], direct: dict[str, dict[str, float]], duration: int
+) -> list[tuple[Scenario, str, dict[str, float], dict[str, float]]]:
+    """nginx as the same reverse proxy (one worker, pooled upstream connections), pinned like the gateway."""
+    port = free_port()
+    config = workdir / "proxy.conf"
+    config.write_text(NGINX_PROXY.format(dir=workdir, port=port, origin_port=origin_url.rsplit(":", 1)[1]))
+    command = pinned(os.environ.get("PROXY_CPU", "0"), ["nginx", "-c", str(config), "-e", str(workdir / "proxy.log")])
+    url = f"http://127.0.0.1:{port}"
+    with running(command, url) as nginx:
+        return [
+            (scenario, "nginx", direct[scenario.name], measure(url, scenario, duration, nginx.pid))
+            for scenario in scenarios
+        ]
+
+
 def print_table(rows: list[tuple[Scenario, str, dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} CPUs  workers={args.workers}  {args.duration}s/cell")
     header = f"{'scenario':<16}{'target':<17}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'errors':>7}"
-    print(header + f"{'x direct':>9}{'gw CPU-s/10k':>13}{'µs/req':>8}")
+    print(header + f"{'x direct':>9}{'x nginx':>9}{'CPU-s/10k':>10}{'µs/req':>8}")
+    nginx = {scenario.name: result for scenario, feature, _, result in rows if feature == "nginx"}
     shown: set[str] = set()
-    for scenario, feature, direct, through in sorted(rows, key=lambda row: list(SCENARIOS).index(row[0].name)):
-        cells = [(f"gateway/{feature}", through)]
+    order = list(SCENARIOS)
+    for scenario, feature, direct, through in sorted(rows, key=lambda row: order.index(row[0].name)):
+        cells = [(feature if feature == "nginx" else f"gateway/{feature}", through)]
         if scenario.name not in shown:
             cells.insert(0, ("direct", direct))
             shown.add(scenario.name)
         for name, result in cells:
             errors = int(result["errors"] + result["non2xx"])
             ratio = result["rps"] / direct["rps"]
+            versus = f"{result['rps'] / nginx[scenario.name]['rps']:>9.3f}" if scenario.name in nginx else f"{'-':>9}"
             cpu = result.get("cpu_per_10k")
-            cpu_text = f"{cpu:>13.2f}{cpu * 100:>8.0f}" if cpu is not None else f"{'-':>13}{'-':>8}"
+            cpu_text = f"{cpu:>10.2f}{cpu * 100:>8.0f}" if cpu is not None else f"{'-':>10}{'-':>8}"
             print(
                 f"{scenario.name:<16}{name:<17}{result['rps']:>9.0f}{result['bytes'] / result['seconds'] / 1e6:>8.1f}"
-                f"{result['p50_ms']:>8.2f}{result['p99_ms']:>9.2f}{errors:>7}{ratio:>9.3f}{cpu_text}"
+                f"{result['p50_ms']:>8.2f}{result['p99_ms']:>9.2f}{errors:>7}{ratio:>9.3f}{versus}{cpu_text}"
             )
 
 
