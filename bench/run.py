@@ -95,7 +95,10 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   client_max_body_size 64m;
+  client_body_buffer_size 1m;       # bodies stay in memory, no temp files
   keepalive_requests 1000000;
+  proxy_buffers 16 64k;
+  proxy_max_temp_file_size 0;       # responses are never spooled to disk
   upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{port};

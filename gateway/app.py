@@ -75,7 +75,8 @@ def create_app(
     # and the lifespan.
     chain = [Middleware(RequestIdMiddleware), Middleware(ClientIPMiddleware, resolver=resolver)]
     if settings.access_log.enabled:
-        chain.append(Middleware(AccessLogMiddleware))
+        quiet = [route.prefix for route in settings.routes if not route.access_log]
+        chain.append(Middleware(AccessLogMiddleware, quiet_routes=quiet))
     if settings.ip_filter.active:
         chain.append(Middleware(IPFilterMiddleware, allow=settings.ip_filter.allow, deny=settings.ip_filter.deny))
     if store is not None and limits.policies:

@@ -89,6 +89,9 @@ class RouteSettings(BaseModel):
     ip_filter: IPFilterSettings = Field(
         IPFilterSettings(), description="Who may use this route, checked after the global filter. Default all."
     )
+    access_log: bool = Field(
+        True, description="Log this route's exchanges (off for noisy health routes). Default true."
+    )
     rate_limit: list[RateLimitPolicy] = Field(
         default_factory=list, description="Rate-limit policies for this route, after the global ones. Default none."
     )

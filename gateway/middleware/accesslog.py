@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,12 +20,13 @@ CLIENT_CLOSED = 499
 class AccessLogMiddleware:
     """Times the whole exchange and counts the bytes both ways, then logs a dict of fields.
 
-    Authorization and cookie values are never read. The record is built here and formatted by the log
-    handler (gateway.logs), which runs in a background thread.
+    Authorization and cookie values are never read. Routes in `quiet_routes` (prefixes) are not logged.
+    The record is built here and formatted by the log handler (gateway.logs), in a background thread.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, quiet_routes: Collection[str] = ()) -> None:
         self.app = app
+        self._quiet_routes = frozenset(quiet_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not logger.isEnabledFor(logging.INFO):
@@ -52,7 +54,8 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, counting_receive, counting_send)
         finally:
-            _log(scope, counts, timings, started)
+            if scope.get(keys.ROUTE) not in self._quiet_routes:
+                _log(scope, counts, timings, started)
 
 
 def _log(scope: Scope, counts: dict[str, int], timings: dict[str, float], started: float) -> None:

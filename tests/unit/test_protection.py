@@ -144,6 +144,17 @@ async def test_access_log_records_every_exchange(upstream: respx.MockRouter, cap
     assert (blocked["status"], blocked["reason"], blocked["client_ip"]) == (403, "ip_filter", "198.51.100.1")
 
 
+async def test_a_route_can_keep_out_of_the_access_log(
+    upstream: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    routes = ({"prefix": "/", "upstreams": [API]}, {"prefix": "/ping", "upstreams": [API], "access_log": False})
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        async with client_for(app_with(upstream, *routes)) as client:
+            await client.get("/ping")
+            await client.get("/work")
+    assert [record.msg["path"] for record in caplog.records if record.name == "gateway.access"] == ["/work"]
+
+
 @pytest.mark.parametrize("style", ["json", "text"])
 def test_access_formatter(style: str) -> None:
     fields = {
