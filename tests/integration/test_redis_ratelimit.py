@@ -45,6 +45,22 @@ def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(WAIT)
 
 
+def redis_command(port: int, command: bytes) -> list[int]:
+    """Send one inline command; parse an array-of-integers reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(command + b"\r\n")
+        reply = b""
+        for _ in range(100):  # bounded: a reply this small arrives in a packet or two
+            chunk = conn.recv(4096)
+            reply += chunk
+            count = int(reply[1:].split(b"\r\n")[0] or 0) if reply.startswith(b"*") and b"\r\n" in reply else -1
+            if not chunk or (count >= 0 and reply.count(b"\r\n") >= count + 1):
+                break
+    lines = reply.split(b"\r\n")
+    assert lines[0].startswith(b"*"), reply
+    return [int(line[1:]) for line in lines[1:] if line.startswith(b":")]
+
+
 def free_port() -> int:
     sock = loopback_socket()
     port: int = sock.getsockname()[1]
@@ -73,6 +89,11 @@ def test_two_instances_share_one_limit(tmp_path: Path) -> None:
         env = gateway_env(upstream.url, port)
         with gateway_process(env) as first, gateway_process(env) as second:
             statuses = [httpx.get((first, second)[index % 2].url + "/x").status_code for index in range(30)]
+        bucket_ttls = redis_command(
+            port,
+            b"EVAL \"local t = {} for _, k in ipairs(redis.call('KEYS', 'gateway:ratelimit:*')) do t[#t+1] = redis.call('PTTL', k) end return t\" 0",
+        )
+    assert len(bucket_ttls) == 1 and 0 < bucket_ttls[0] <= 1000_000  # one shared bucket, expiring by itself
     assert statuses.count(200) in (10, 11)  # what one instance alone would allow, within one
     assert statuses[:10] == [200] * 10
     assert statuses[-5:] == [429] * 5
