@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport 
     """
     if transport is None:
         transport = RelayTransport(
-            verify=settings.verify,
+            verify=_verification(settings),
             limits=httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_keepalive_connections,
@@ -25,6 +26,13 @@ def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport 
             ),
         )
     return GatewayClient(transport=transport, follow_redirects=False, trust_env=False)
+
+
+def _verification(settings: ClientSettings) -> bool | ssl.SSLContext:
+    """How upstream certificates are checked: system CAs (certifi), a configured CA bundle, or not at all."""
+    if settings.verify and settings.ca_file is not None:
+        return ssl.create_default_context(cafile=str(settings.ca_file))
+    return settings.verify
 
 
 class NoCookies(httpx.Cookies):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from settings.protection import Network
 
@@ -71,3 +71,13 @@ class ClientSettings(BaseModel):
     )
     keepalive_expiry: float = Field(30.0, ge=0, description="Seconds an idle upstream connection is kept. Default 30.")
     verify: bool = Field(True, description="Verify upstream TLS certificates. Default true.")
+    ca_file: Path | None = Field(
+        None, description="PEM bundle of CAs to trust for upstreams instead of the system's (certifi). Default none."
+    )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable_ca_file(cls, ca_file: Path | None) -> Path | None:
+        if ca_file is not None and not ca_file.is_file():
+            raise ValueError(f"{str(ca_file)!r} is not a readable file")
+        return ca_file

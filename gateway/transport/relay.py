@@ -27,7 +27,8 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 class RelayTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 to upstreams, one OriginPool per (scheme, host, port); pools are per worker process."""
 
-    def __init__(self, *, verify: bool = True, limits: httpx.Limits | None = None) -> None:
+    def __init__(self, *, verify: bool | ssl.SSLContext = True, limits: httpx.Limits | None = None) -> None:
+        """`verify`: True (system CAs via certifi), an SSLContext, or False (no checks)."""
         limits = limits or httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
         self._max_connections = limits.max_connections or 1000
         self._max_idle = limits.max_keepalive_connections or 0
