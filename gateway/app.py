@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -14,9 +15,11 @@ from starlette.types import ASGIApp
 
 from gateway import scope as keys
 from gateway.admin import gateway_routes, not_found
+from gateway.balancers import balancer_for
 from gateway.client import create_client
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
+from gateway.health import HealthChecker
 from gateway.middleware.accesslog import AccessLogMiddleware
 from gateway.middleware.chain import from_settings, wrap
 from gateway.middleware.clientip import ClientIPMiddleware
@@ -24,8 +27,10 @@ from gateway.middleware.ipfilter import IPFilterMiddleware
 from gateway.middleware.requestid import RequestIdMiddleware
 from gateway.proxy import ProxyEndpoint
 from gateway.ratelimit import MemoryStore, RateLimitMiddleware, RedisStore, Store
+from gateway.retries import RetryPolicy
 from gateway.routing import GatewayRouter, RouteTable
 from gateway.static import StaticEndpoint
+from gateway.upstreams import Upstream, UpstreamPool
 from settings import (
     GatewaySettings,
     RateLimitPolicy,
@@ -54,18 +59,28 @@ def create_app(
     resolver = ClientIPResolver(settings.proxy.trusted_proxies)
     limits = settings.rate_limit
     store = _rate_limit_store(settings)
+    pools = {route.prefix: _pool(route, index) for index, route in enumerate(settings.routes) if route.upstreams}
     table = RouteTable(
         {
-            route.prefix: _route_stack(route, index, client, resolver, store, limits)
+            route.prefix: _route_stack(route, index, client, resolver, store, limits, pools.get(route.prefix))
             for index, route in enumerate(settings.routes)
         }
     )
+    checkers = [
+        HealthChecker(pools[route.prefix], route.balancing.health_check, client)
+        for route in settings.routes
+        if route.upstreams and route.balancing.health_check is not None
+    ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        checks = [asyncio.create_task(checker.run()) for checker in checkers]
         try:
             yield
         finally:
+            for task in checks:
+                task.cancel()
+            await asyncio.gather(*checks, return_exceptions=True)
             await client.aclose()
             if store is not None:
                 await store.aclose()
@@ -83,7 +98,7 @@ def create_app(
         chain.append(_rate_limits(limits.policies, store, limits, "g:"))
     chain += [*from_settings(settings.middleware, "middleware"), *middleware, Middleware(GatewayRouter, table=table)]
     app = Starlette(
-        routes=gateway_routes(),
+        routes=gateway_routes(pools),
         middleware=chain,
         exception_handlers={500: _internal_error},
         lifespan=lifespan,
@@ -97,6 +112,22 @@ def create_app(
     app.state.settings = settings
     app.state.client = client
     return app
+
+
+def _pool(route: RouteSettings, index: int) -> UpstreamPool:
+    """The route's instances and balancer; a balancer that cannot be loaded stops start-up naming the key."""
+    balancing = route.balancing
+    try:
+        balancer = balancer_for(balancing.policy)
+    except (ValueError, TypeError) as exc:
+        raise SettingsError([f"routes[{index}].balancing.policy: {exc}"]) from None
+    return UpstreamPool(
+        [Upstream(upstream) for upstream in route.upstreams],
+        balancer,
+        balancing.outlier,
+        max_in_flight=balancing.max_in_flight,
+        panic=balancing.panic,
+    )
 
 
 def _rate_limit_store(settings: GatewaySettings) -> Store | None:
@@ -129,13 +160,15 @@ def _route_stack(
     resolver: ClientIPResolver,
     store: Store | None,
     limits: RateLimitSettings,
+    pool: UpstreamPool | None,
 ) -> ASGIApp:
     """The route's endpoint inside its own IP filter, rate limits and user middleware (outermost first)."""
     endpoint: ASGIApp
     if route.static_dir is not None:
         endpoint = StaticEndpoint(route.prefix, route.static_dir)
     else:
-        endpoint = ProxyEndpoint(route, client, resolver)
+        assert pool is not None
+        endpoint = ProxyEndpoint(route, client, resolver, pool, RetryPolicy(route.balancing.retries))
     stack: list[Middleware] = []
     if route.ip_filter.active:
         stack.append(Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))

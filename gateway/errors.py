@@ -20,6 +20,10 @@ class BodyTooLarge(Exception):
     """The request body is over the route's `max_body_bytes`."""
 
 
+class NoUpstream(Exception):
+    """No instance of the route is in rotation (all unhealthy, ejected or at their in-flight cap)."""
+
+
 class ClientGone(Exception):
     """The client disconnected before the exchange ended."""
 
@@ -37,12 +41,14 @@ TOO_LARGE = Failure(413, "The request body is larger than this route accepts.", 
 UNREACHABLE = Failure(502, "The upstream could not be reached.", logging.ERROR, "upstream_unreachable")
 BROKEN = Failure(502, "The upstream sent an invalid or incomplete response.", logging.ERROR, "upstream_broken")
 TIMED_OUT = Failure(504, "The upstream did not answer in time.", logging.ERROR, "upstream_timeout")
+NO_UPSTREAM = Failure(503, "No upstream instance is available right now.", logging.WARNING, "no_upstream")
 POOL_FULL = Failure(503, "No upstream connection became free in time.", logging.WARNING, "overload")
 
 # Most specific first: the first class the exception is an instance of decides.
 _FAILURES: tuple[tuple[type[BaseException], Failure], ...] = (
     (BadRequest, MALFORMED),
     (BodyTooLarge, TOO_LARGE),
+    (NoUpstream, NO_UPSTREAM),
     (httpx.PoolTimeout, POOL_FULL),
     (httpx.TimeoutException, TIMED_OUT),
     (TimeoutError, TIMED_OUT),

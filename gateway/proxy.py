@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,14 +14,24 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import scope as keys
 from gateway.clientip import ClientIPResolver
-from gateway.errors import BadRequest, BodyTooLarge, ClientGone, failure_for, send_problem
+from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
 from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.paths import strip_segments, url_safe
+from gateway.retries import NOT_SENT, RetryPolicy
 from gateway.transport import COMPLETE_BODY
-from gateway.upstreams import Upstream, WeightedRoundRobin
+from gateway.upstreams import Upstream, UpstreamPool
 from settings import RouteSettings
 
 logger = logging.getLogger("gateway.proxy")
+
+# Failures that count against the upstream for passive health: it refused, reset or broke the exchange.
+UPSTREAM_FAULTS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
 
 # Seconds an exchange runs before the gateway starts listening for the client's disconnect.
 WATCH_DELAY = 0.05
@@ -29,13 +40,23 @@ WATCH_DELAY = 0.05
 class Exchange:
     """Per-request relay state: whether the response started, and whether the client is still there."""
 
-    __slots__ = ("_watch_timer", "_watcher", "client_gone", "receive", "response_started", "send", "task")
+    __slots__ = (
+        "_watch_timer",
+        "_watcher",
+        "body_started",
+        "client_gone",
+        "receive",
+        "response_started",
+        "send",
+        "task",
+    )
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self.receive = receive
         self.send = send
         self.task = asyncio.current_task()
         self.response_started = False
+        self.body_started = False  # a byte of the client's body was taken: the request cannot be replayed
         self.client_gone = False
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -43,7 +64,9 @@ class Exchange:
     def watch_for_disconnect(self) -> None:
         """Cancel the relay when the client goes away. Only once the request body is consumed, since
         the watcher then owns `receive`; and only for exchanges still running after WATCH_DELAY, since a
-        watcher task per request would cost more than most exchanges take."""
+        watcher task per request would cost more than most exchanges take. Idempotent (retries call it)."""
+        if self._watch_timer is not None:
+            return
         self._watch_timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self._start_watching)
 
     def _start_watching(self) -> None:
@@ -67,13 +90,23 @@ class ProxyEndpoint:
     """Relays one route's requests to its upstreams through the shared client.
 
     Trusts the validated route settings and `scope[gateway.request_id]`; believes forwarding headers only
-    through `resolver`. Answers 413/502/503/504 itself; after the response started, a failure aborts the
-    connection so the client can tell the body is incomplete.
+    through `resolver`. Picks instances from `pool`, retries as `retries` allows, and answers
+    413/502/503/504 itself; after the response started, a failure aborts the connection so the client can
+    tell the body is incomplete.
     """
 
-    def __init__(self, route: RouteSettings, client: httpx.AsyncClient, resolver: ClientIPResolver) -> None:
+    def __init__(
+        self,
+        route: RouteSettings,
+        client: httpx.AsyncClient,
+        resolver: ClientIPResolver,
+        pool: UpstreamPool,
+        retries: RetryPolicy,
+    ) -> None:
         self._client = client
         self._resolver = resolver
+        self._pool = pool
+        self._retries = retries
         self._prefix = route.prefix.encode()
         self._strip = route.strip_prefix and route.prefix != "/"
         self._preserve_host = route.preserve_host
@@ -85,19 +118,17 @@ class ProxyEndpoint:
             "write": route.timeouts.write,
             "pool": route.timeouts.pool,
         }
-        self._balancer = WeightedRoundRobin([Upstream(upstream) for upstream in route.upstreams])
+        self._hash_key = route.balancing.hash_key if route.balancing.policy == "hash" else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(receive, send)
-        upstream = self._balancer.pick()
-        scope[keys.UPSTREAM] = upstream.url
         try:
             try:
                 if self._total is None:
-                    await self._relay(scope, exchange, upstream)
+                    await self._relay(scope, exchange)
                 else:
                     async with asyncio.timeout(self._total):
-                        await self._relay(scope, exchange, upstream)
+                        await self._relay(scope, exchange)
             finally:
                 exchange.stop_watching()
         except asyncio.CancelledError:
@@ -106,10 +137,10 @@ class ProxyEndpoint:
             if exchange.task is not None:
                 exchange.task.uncancel()
             scope[keys.REASON] = "client_closed"
-            logger.info("client went away; upstream exchange with %s cancelled", upstream.url)
+            logger.info("client went away; upstream exchange with %s cancelled", scope.get(keys.UPSTREAM))
         except ClientGone:
             scope[keys.REASON] = "client_closed"
-            logger.info("client went away while sending its body to %s", upstream.url)
+            logger.info("client went away while sending its body to %s", scope.get(keys.UPSTREAM))
         except Exception as exc:
             failure = failure_for(exc)
             if failure is None:
@@ -121,7 +152,7 @@ class ProxyEndpoint:
                 "%s %s via %s failed with %d: %s (%s) request_id=%s",
                 scope["method"],
                 scope["path"],
-                upstream.url,
+                scope.get(keys.UPSTREAM),
                 failure.status,
                 exc.__class__.__name__,
                 "response aborted" if exchange.response_started else "error response sent",
@@ -130,9 +161,91 @@ class ProxyEndpoint:
             if not exchange.response_started:
                 await send_problem(send, failure.status, failure.detail, request_id)
 
-    async def _relay(self, scope: Scope, exchange: Exchange, upstream: Upstream) -> None:
-        request = self._upstream_request(scope, exchange, upstream)
-        response = await self._client.send(request, stream=True)
+    async def _relay(self, scope: Scope, exchange: Exchange) -> None:
+        declared_length, chunked = _body_framing(scope["headers"])
+        if self._max_body is not None and declared_length > self._max_body:
+            raise BodyTooLarge
+        has_body = chunked or declared_length > 0
+        method = scope["method"]
+        key = self._request_key(scope) if self._hash_key else None
+        self._retries.budget.record_request()
+        tried: list[Upstream] = []
+        upstream = self._pool.choose(key)
+        for attempt in itertools.count(1):
+            if upstream is None:
+                raise NoUpstream
+            tried.append(upstream)
+            scope[keys.UPSTREAM] = upstream.url
+            upstream.counts["requests"] += 1
+            upstream.in_flight += 1
+            try:
+                request = self._upstream_request(scope, exchange, upstream, declared_length, chunked)
+                try:
+                    response = await self._send(request)
+                except httpx.TransportError as exc:
+                    if isinstance(exc, UPSTREAM_FAULTS):
+                        self._pool.record_failure(upstream)
+                    retryable = self._retries.after_error(exc, attempt, method, exchange.body_started)
+                    # A request that never left may go to the same instance again; one that did, only elsewhere.
+                    upstream = (
+                        self._retry_target(key, tried, same_allowed=isinstance(exc, NOT_SENT)) if retryable else None
+                    )
+                    if upstream is None:
+                        raise
+                    await self._retries.back_off(attempt)
+                    continue
+                self._pool.record_success(upstream, response.status_code)
+                if self._retries.after_status(response.status_code, attempt, method, has_body):
+                    retry_to = self._retry_target(key, tried, same_allowed=False)
+                    if retry_to is not None:
+                        await response.aclose()
+                        upstream = retry_to
+                        await self._retries.back_off(attempt)
+                        continue
+                await self._respond(scope, exchange, response)
+                return
+            finally:
+                tried[-1].in_flight -= 1
+
+    def _retry_target(self, key: str | None, tried: list[Upstream], *, same_allowed: bool) -> Upstream | None:
+        """The instance for a retry, if there is one and the retry budget allows it."""
+        target = self._pool.choose(key, tried) or (self._pool.choose(key) if same_allowed else None)
+        if target is None or not self._retries.budget.try_spend():
+            return None
+        tried[-1].counts["retries"] += 1
+        return target
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        per_try = self._retries.per_try_timeout
+        if per_try is None:
+            return await self._client.send(request, stream=True)
+        try:
+            async with asyncio.timeout(per_try):
+                return await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise httpx.ReadTimeout("the upstream did not answer within the per-try timeout") from None
+
+    def _request_key(self, scope: Scope) -> str | None:
+        """The hash policy's key: client IP, a header, or a cookie (None when the request has none)."""
+        spec = self._hash_key
+        if spec == "client_ip":
+            return str(scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else ""))
+        kind, _, name = (spec or "").partition(":")
+        wanted = b"cookie" if kind == "cookie" else name.lower().encode()
+        header: bytes
+        value: bytes
+        for header, value in scope["headers"]:
+            if header != wanted:
+                continue
+            if kind == "header":
+                return str(value.decode("latin-1"))
+            for pair in value.decode("latin-1").split(";"):
+                cookie, _, cookie_value = pair.strip().partition("=")
+                if cookie == name:
+                    return cookie_value
+        return None
+
+    async def _respond(self, scope: Scope, exchange: Exchange, response: httpx.Response) -> None:
         timings = scope.get(keys.TIMINGS)
         if timings is not None:
             timings["upstream_headers"] = time.perf_counter()
@@ -160,11 +273,10 @@ class ProxyEndpoint:
         finally:
             await response.aclose()
 
-    def _upstream_request(self, scope: Scope, exchange: Exchange, upstream: Upstream) -> httpx.Request:
+    def _upstream_request(
+        self, scope: Scope, exchange: Exchange, upstream: Upstream, declared_length: int, chunked: bool
+    ) -> httpx.Request:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        declared_length, chunked = _body_framing(headers)
-        if self._max_body is not None and declared_length > self._max_body:
-            raise BodyTooLarge
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
         target = upstream.base_path + path
@@ -204,6 +316,7 @@ class ProxyEndpoint:
         more_body = True
         while more_body:
             message = await exchange.receive()
+            exchange.body_started = True
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk: bytes = message.get("body", b"")

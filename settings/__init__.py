@@ -1,5 +1,6 @@
 """Validated settings for the gateway: one source of truth, read once at start-up."""
 
+from settings.balancing import BalancingSettings, HealthCheckSettings, OutlierSettings, RetrySettings
 from settings.gateway import GatewaySettings, SettingsError, load_settings
 from settings.protection import (
     AccessLogSettings,
@@ -13,13 +14,17 @@ from settings.sections import ClientSettings, ProxySettings, ServerSettings, Tls
 
 __all__ = [
     "AccessLogSettings",
+    "BalancingSettings",
     "ClientSettings",
     "GatewaySettings",
+    "HealthCheckSettings",
     "IPFilterSettings",
     "MiddlewareSettings",
+    "OutlierSettings",
     "ProxySettings",
     "RateLimitPolicy",
     "RateLimitSettings",
+    "RetrySettings",
     "RouteSettings",
     "ServerSettings",
     "SettingsError",

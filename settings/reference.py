@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from settings.balancing import BalancingSettings, HealthCheckSettings, OutlierSettings, RetrySettings
 from settings.gateway import GatewaySettings
 from settings.protection import (
     AccessLogSettings,
@@ -37,6 +38,10 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("[[middleware]] and [[routes.middleware]]", "GATEWAY_MIDDLEWARE (JSON list)", MiddlewareSettings),
     ("[[routes]]", "GATEWAY_ROUTES (JSON list)", RouteSettings),
     ("[routes.timeouts]", "inside each route", TimeoutSettings),
+    ("[routes.balancing]", "inside each route", BalancingSettings),
+    ("[routes.balancing.health_check]", "inside each route", HealthCheckSettings),
+    ("[routes.balancing.outlier]", "inside each route", OutlierSettings),
+    ("[routes.balancing.retries]", "inside each route", RetrySettings),
     ("upstreams entries", "a URL string, or a table", UpstreamSettings),
 ]
 

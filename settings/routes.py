@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from settings.balancing import BalancingSettings
 from settings.protection import IPFilterSettings, MiddlewareSettings, RateLimitPolicy
 
 MIB = 1024 * 1024
@@ -86,6 +87,9 @@ class RouteSettings(BaseModel):
         10 * MIB, ge=0, description="Largest request body accepted (413 above it); null for no limit. Default 10 MiB."
     )
     timeouts: TimeoutSettings = Field(TimeoutSettings(), description="Upstream timeouts.")
+    balancing: BalancingSettings = Field(
+        BalancingSettings(), description="Upstream selection, health checks, ejection and retries."
+    )
     ip_filter: IPFilterSettings = Field(
         IPFilterSettings(), description="Who may use this route, checked after the global filter. Default all."
     )
