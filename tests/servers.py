@@ -85,6 +85,13 @@ class UpstreamHandler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self.server.connections += 1
+        self.server.open_sockets.add(self.connection)
+        try:
+            self._serve()
+        finally:
+            self.server.open_sockets.discard(self.connection)
+
+    def _serve(self) -> None:
         while True:
             request = self._read_request()
             if request is None:
@@ -139,8 +146,9 @@ class ScriptedServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, responder: Responder) -> None:
-        super().__init__(("127.0.0.1", 0), UpstreamHandler)
+    def __init__(self, responder: Responder, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), UpstreamHandler)
+        self.open_sockets: set[socket.socket] = set()
         self.responder = responder
         self.requests: list[Received] = []
         self.connections = 0
@@ -153,15 +161,24 @@ class ScriptedServer(socketserver.ThreadingTCPServer):
         with self._lock:
             self.requests.append(request)
 
+    def kill(self) -> None:
+        """Stop like a crashed process: stop listening and reset every open connection."""
+        self.shutdown()
+        self.server_close()
+        for conn in list(self.open_sockets):
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.shutdown(socket.SHUT_RDWR)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 @contextlib.contextmanager
-def scripted_upstream(responder: Responder = respond_echo) -> Iterator[ScriptedServer]:
+def scripted_upstream(responder: Responder = respond_echo, port: int = 0) -> Iterator[ScriptedServer]:
     """A raw HTTP/1.1 upstream in threads, answering through `responder`, recording what it received."""
-    server = ScriptedServer(responder)
+    server = ScriptedServer(responder, port)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -170,6 +187,9 @@ def scripted_upstream(responder: Responder = respond_echo) -> Iterator[ScriptedS
         server.shutdown()
         server.server_close()
         thread.join(WAIT)
+        for conn in list(server.open_sockets):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass
