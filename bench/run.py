@@ -61,6 +61,8 @@ http {{
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
+    listen 127.0.0.2:{port};  # the "three" feature set's second and third upstream instances
+    listen 127.0.0.3:{port};
     location = / {{ return 200 "hello from origin\\n"; }}
     location = /1m.bin {{ root {dir}; }}
     location = /post {{ return 200 "posted\n"; }}
@@ -69,8 +71,12 @@ http {{
 """
 
 
-def feature_env(features: str, workdir: Path) -> dict[str, str]:
+def feature_env(features: str, workdir: Path, origin_url: str) -> dict[str, str]:
     """Settings for each --features choice (a TOML file for the long IP list: too big for a variable)."""
+    if features == "three":
+        port = origin_url.rsplit(":", 1)[1]
+        instances = [f"http://127.0.0.{n}:{port}" for n in (1, 2, 3)]
+        return {"GATEWAY_ROUTES": json.dumps([{"prefix": "/", "upstreams": instances, "max_body_bytes": None}])}
     if features == "bare":
         return {"GATEWAY_ACCESS_LOG__ENABLED": "false"}
     if features == "all":
@@ -215,7 +221,8 @@ def main() -> None:
         default="default",
         help="comma-separated gateway configurations, each measured in the same run: default (shipped "
         "settings: access log on), bare (access log off), all (access log, a 10,000-network IP filter, a "
-        "rate limit that never refuses, a user middleware). Default: default",
+        "rate limit that never refuses, a user middleware), three (three upstream instances, round robin). "
+        "Default: default",
     )
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -230,7 +237,7 @@ def main() -> None:
             rows += nginx_rows(Path(temp), origin_url, scenarios, direct, args.duration)
         for feature in features:
             port = free_port()
-            env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp))}
+            env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp), origin_url)}
             gateway_url = f"http://127.0.0.1:{port}"
             with running(gateway_command(port, args.workers), gateway_url + "/_gateway/health", env) as gateway:
                 for scenario in scenarios:

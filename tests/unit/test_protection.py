@@ -234,3 +234,18 @@ def test_wrong_route_middleware_options_name_the_route() -> None:
     with pytest.raises(SettingsError) as caught:
         create_app(settings_with(route))
     assert caught.value.problems[0].startswith("routes[0].middleware[0].options: ")
+
+
+@pytest.mark.anyio
+async def test_upstreams_endpoint_answers_loopback_only(upstream: respx.MockRouter) -> None:
+    app = app_with(upstream, {"prefix": "/api", "upstreams": [API, "http://api2.internal"]})
+    async with client_for(app, "127.0.0.1") as local, client_for(app, "192.0.2.10") as remote:
+        await local.get("/api/x")
+        listing = await local.get("/_gateway/upstreams")
+        refused = await remote.get("/_gateway/upstreams")
+    assert [entry["url"] for entry in listing.json()["/api"]] == [API, "http://api2.internal"]
+    assert sum(entry["requests"] for entry in listing.json()["/api"]) == 1
+    assert {"healthy", "in_flight", "connect_failures", "responses_5xx", "ejections", "retries"} <= set(
+        listing.json()["/api"][0]
+    )
+    assert refused.status_code == 403
