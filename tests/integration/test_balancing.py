@@ -130,3 +130,38 @@ def test_every_instance_down_is_a_quick_503() -> None:
                 response = httpx.get(url + "/x", timeout=10)
     assert response.status_code == 503
     assert response.json()["detail"] == "No upstream instance is available right now."
+
+
+def test_per_try_timeout_moves_a_slow_get_to_another_instance() -> None:
+    with upstreams(named(b"stuck", delay=2.0), named(b"quick")) as (stuck, quick):
+        route = {
+            "prefix": "/",
+            "upstreams": [stuck.url, quick.url],
+            "balancing": {"policy": "first", "retries": {"per_try_timeout": 0.3}},
+        }
+        with serve_app(create_app(settings_with(route))) as url:
+            response = httpx.get(url + "/x", timeout=10)
+    assert response.text == "quick"
+    assert len(stuck.requests) == 1 and len(quick.requests) == 1
+
+
+def test_over_the_in_flight_cap_is_503_at_once_not_a_queue() -> None:
+    release = threading.Event()
+
+    def held(handler: UpstreamHandler, request: Received) -> None:
+        release.wait(10)
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with upstreams(held) as (only,):
+        route = {"prefix": "/", "upstreams": [only.url], "balancing": {"max_in_flight": 2}}
+        with serve_app(create_app(settings_with(route))) as url, ThreadPoolExecutor(3) as pool:
+            holding = [pool.submit(httpx.get, url + "/held", timeout=10) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while len(only.requests) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            refused = httpx.get(url + "/more", timeout=10)
+            release.set()
+            held_statuses = [future.result().status_code for future in holding]
+    assert refused.status_code == 503
+    assert held_statuses == [200, 200]
+    assert [request.target for request in only.requests] == [b"/held", b"/held"]

@@ -63,6 +63,12 @@ def test_rendezvous_hash_moves_only_the_keys_of_a_removed_instance() -> None:
     assert Counter(before.values())[removed] == len(moved)
 
 
+def test_weight_zero_drains_an_instance() -> None:
+    live, drained = instances(1, 0)
+    pool = UpstreamPool([live, drained], RoundRobin(), OutlierSettings())
+    assert all(pool.choose() is live for _ in range(10))
+
+
 def test_first_is_failover_order() -> None:
     primary, backup = instances(1, 1)
     assert First().pick([primary, backup], None) is primary
