@@ -20,6 +20,7 @@ from gateway.paths import strip_segments, url_safe
 from gateway.retries import NOT_SENT, RetryPolicy
 from gateway.transport import COMPLETE_BODY
 from gateway.upstreams import Upstream, UpstreamPool
+from gateway.websocket import WebSocketRelay
 from settings import RouteSettings
 
 logger = logging.getLogger("gateway.proxy")
@@ -119,8 +120,12 @@ class ProxyEndpoint:
             "pool": route.timeouts.pool,
         }
         self._hash_key = route.balancing.hash_key if route.balancing.policy == "hash" else None
+        self._websocket = WebSocketRelay(route, pool)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         exchange = Exchange(receive, send)
         try:
             try:

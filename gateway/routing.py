@@ -46,29 +46,33 @@ class GatewayRouter:
         self._table = table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                # WebSocket routes are not relayed yet: refuse the handshake.
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # the lifespan
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        request_id = scope.get(keys.REQUEST_ID, "")
         try:
             path = routing_path(raw_path)
         except BadTarget as exc:
-            scope[keys.REASON] = "bad_target"
-            await send_problem(send, 400, f"The request target is refused: {exc}.", request_id)
+            await _refuse(scope, send, "bad_target", 400, f"The request target is refused: {exc}.")
             return
         if path == GATEWAY_PREFIX or path.startswith(GATEWAY_PREFIX + b"/"):
+            if scope["type"] == "websocket":
+                await _refuse(scope, send, "no_route", 404, "No WebSocket here.")
+                return
             await self.app(scope, receive, send)
             return
         found = self._table.match(path)
         if found is None:
-            scope[keys.REASON] = "no_route"
-            await send_problem(send, 404, "No route matches this path.", request_id)
+            await _refuse(scope, send, "no_route", 404, "No route matches this path.")
             return
         prefix, endpoint = found
         scope[keys.ROUTE] = prefix
         await endpoint(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send, reason: str, status: int, detail: str) -> None:
+    scope[keys.REASON] = reason
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send_problem(send, status, detail, scope.get(keys.REQUEST_ID, ""))

@@ -23,6 +23,9 @@ class StaticEndpoint:
         self._files = StaticFiles(directory=directory, html=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
         child = dict(scope)
         child["root_path"] = scope.get("root_path", "") + self._prefix
         try:

@@ -1,0 +1,154 @@
+"""WebSocket relay: a client's WebSocket on a proxied route, joined to one on an upstream instance.
+
+The upstream side uses the `websockets` library. Messages flow both ways as they come, each side's send
+waiting for the other to take them (back-pressure); close codes and reasons pass through; an upstream that
+refuses the handshake is answered as an HTTP response where the server allows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from gateway import scope as keys
+from gateway.errors import problem_body
+from gateway.headers import FORWARDING, HOP_BY_HOP, connection_named
+from gateway.paths import strip_segments, url_safe
+from gateway.upstreams import Upstream, UpstreamPool
+from settings import RouteSettings
+
+logger = logging.getLogger("gateway.websocket")
+
+# Handshake fields the client library writes itself; everything else end-to-end goes upstream.
+_HANDSHAKE = frozenset(
+    {b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
+)
+# Close codes that may not be sent in a close frame (RFC 6455 7.4.1), and what is sent instead.
+_UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
+
+
+class WebSocketRelay:
+    """Relays WebSocket sessions of one route. Trusts the route settings and the resolved client IP."""
+
+    def __init__(self, route: RouteSettings, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._prefix = route.prefix.encode()
+        self._strip = route.strip_prefix and route.prefix != "/"
+        self._open_timeout = route.timeouts.connect
+        self._max_message = route.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        upstream = self._pool.choose()
+        if upstream is None:
+            await _refuse(scope, send, 503, "No upstream instance is available right now.")
+            return
+        scope[keys.UPSTREAM] = upstream.url
+        try:
+            connection = await connect(
+                self._upstream_uri(scope, upstream),
+                subprotocols=scope.get("subprotocols") or None,
+                additional_headers=_upstream_headers(scope),
+                user_agent_header=None,
+                compression=None,  # frames are relayed as they are, not re-compressed
+                proxy=None,  # like the HTTP client: proxy environment variables are ignored
+                open_timeout=self._open_timeout,
+                max_size=self._max_message,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            await _refuse(scope, send, status, "The upstream refused the WebSocket handshake.")
+            return
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            logger.error("WebSocket to %s failed: %s", upstream.url, type(exc).__name__)
+            self._pool.record_failure(upstream)
+            await _refuse(scope, send, 502, "The upstream could not be reached.")
+            return
+        await send({"type": "websocket.accept", "subprotocol": connection.subprotocol})
+        upstream.in_flight += 1
+        try:
+            await _relay(connection, receive, send, upstream)
+        finally:
+            upstream.in_flight -= 1
+
+    def _upstream_uri(self, scope: Scope, upstream: Upstream) -> str:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
+        target = upstream.base_path + path
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        scheme = "wss" if upstream.scheme == "https" else "ws"
+        return f"{scheme}://{upstream.host_header.decode('idna')}{url_safe(target).decode('ascii')}"
+
+
+def _upstream_headers(scope: Scope) -> list[tuple[str, str]]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    dropped = HOP_BY_HOP | _HANDSHAKE | FORWARDING | connection_named(headers)
+    kept = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers if name.lower() not in dropped]
+    peer = scope["client"][0] if scope.get("client") else ""
+    kept += [("x-forwarded-for", peer), ("x-forwarded-proto", "wss" if scope.get("scheme") == "wss" else "ws")]
+    if scope.get(keys.REQUEST_ID):
+        kept.append(("x-request-id", scope[keys.REQUEST_ID]))
+    return kept
+
+
+async def _relay(connection: ClientConnection, receive: Receive, send: Send, upstream: Upstream) -> None:
+    """Both directions at once; whichever side closes first closes the other with its code."""
+    to_upstream = asyncio.ensure_future(_client_to_upstream(connection, receive))
+    to_client = asyncio.ensure_future(_upstream_to_client(connection, send, upstream))
+    try:
+        await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (to_upstream, to_client):
+            task.cancel()
+        await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+
+async def _client_to_upstream(connection: ClientConnection, receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            data: Any = message.get("bytes") if message.get("bytes") is not None else message.get("text", "")
+            try:
+                await connection.send(data)
+            except ConnectionClosed:
+                return
+        elif message["type"] == "websocket.disconnect":
+            code: int = message.get("code") or 1000
+            await connection.close(_UNSENDABLE.get(code, code), message.get("reason") or "")
+            return
+
+
+async def _upstream_to_client(connection: ClientConnection, send: Send, upstream: Upstream) -> None:
+    try:
+        async for data in connection:
+            key = "text" if isinstance(data, str) else "bytes"
+            await send({"type": "websocket.send", key: data})
+    except ConnectionClosed:
+        pass
+    code = connection.close_code if connection.close_code is not None else 1006
+    reason = connection.close_reason or ""
+    if code == 1006:
+        logger.warning("upstream %s dropped a WebSocket session", upstream.url)
+        reason = "upstream went away"
+    await send({"type": "websocket.close", "code": _UNSENDABLE.get(code, code), "reason": reason})
+
+
+async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+    """An HTTP answer to the handshake where the server supports it (ASGI's denial response), else close."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = problem_body(status, detail, scope.get(keys.REQUEST_ID, ""))
+        headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1011 if status >= 500 else 1008})

@@ -1,0 +1,185 @@
+"""WebSocket routes with a real client, a real gateway and a real echo upstream, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request, Response
+
+from gateway import create_app
+from tests.conftest import settings_with
+from tests.servers import serve_app
+
+
+async def echo(connection: ServerConnection) -> None:
+    """Echoes messages; `close:<code>:<reason>` makes it close; `die` drops the TCP connection."""
+    try:
+        async for message in connection:
+            if message == "die":
+                connection.transport.abort()
+                return
+            if isinstance(message, str) and message.startswith("close:"):
+                _, code, reason = message.split(":", 2)
+                await connection.close(int(code), reason)
+                return
+            if message == "whoami":
+                request = connection.request
+                assert request is not None
+                await connection.send(
+                    f"{request.path} {request.headers.get('cookie')} {request.headers.get('x-forwarded-for')}"
+                )
+                continue
+            await connection.send(message)
+    except ConnectionClosed:
+        connection.server_closed_with = connection.close_code  # type: ignore[attr-defined]
+
+
+def guard(connection: ServerConnection, request: Request) -> Response | None:
+    if request.path.startswith("/private"):
+        return connection.respond(403, "no\n")
+    return None
+
+
+@contextlib.contextmanager
+def echo_upstream() -> Iterator[tuple[str, list[int | None]]]:
+    """A websockets server in its own thread and loop; yields its URL and the close codes it saw."""
+    ready = threading.Event()
+    stop: list[asyncio.Future[None]] = []
+    codes: list[int | None] = []
+    url: list[str] = []
+
+    async def handler(connection: ServerConnection) -> None:
+        await echo(connection)
+        codes.append(connection.close_code)
+
+    async def main() -> None:
+        async with serve(
+            handler,
+            "127.0.0.1",
+            0,
+            process_request=guard,
+            select_subprotocol=lambda c, offered: "v2.chat" if "v2.chat" in offered else None,
+            max_size=None,
+        ) as server:
+            port = server.sockets[0].getsockname()[1]
+            url.append(f"http://127.0.0.1:{port}")
+            stop.append(asyncio.get_running_loop().create_future())
+            ready.set()
+            await stop[0]
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield url[0], codes
+    finally:
+        loop.call_soon_threadsafe(stop[0].set_result, None)
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def gateway_to(upstream: str, **route: object) -> Iterator[str]:
+    settings = settings_with(
+        {"prefix": "/ws", "upstreams": [upstream], "strip_prefix": True, "max_body_bytes": 32 * 2**20, **route}
+    )
+    with serve_app(create_app(settings)) as url:
+        yield url.replace("http://", "ws://")
+
+
+def run(coroutine: object) -> object:
+    return asyncio.run(asyncio.wait_for(coroutine, 30))  # type: ignore[arg-type]
+
+
+def test_text_binary_large_and_ordered_messages() -> None:
+    async def session(url: str) -> None:
+        async with connect(
+            url + "/ws/chat?room=1", max_size=None, compression=None, additional_headers={"Cookie": "sid=abc"}
+        ) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\x00\x01binary")
+            assert await ws.recv() == b"\x00\x01binary"
+            big = bytes(range(256)) * (16 * 4096)  # 16 MiB
+            await ws.send(big)
+            assert await ws.recv() == big
+            for index in range(1000):
+                await ws.send(f"m{index}")
+            assert [await ws.recv() for _ in range(1000)] == [f"m{index}" for index in range(1000)]
+            await ws.send("whoami")
+            assert await ws.recv() == "/chat?room=1 sid=abc 127.0.0.1"
+
+    with echo_upstream() as (upstream, _), gateway_to(upstream) as url:
+        run(session(url))
+
+
+def test_subprotocol_is_negotiated_through_the_gateway() -> None:
+    async def session(url: str) -> str | None:
+        async with connect(url + "/ws/", subprotocols=["v1.chat", "v2.chat"]) as ws:
+            return ws.subprotocol
+
+    with echo_upstream() as (upstream, _), gateway_to(upstream) as url:
+        assert run(session(url)) == "v2.chat"
+
+
+def test_close_codes_pass_both_ways() -> None:
+    async def upstream_closes(url: str) -> tuple[int | None, str | None]:
+        async with connect(url + "/ws/") as ws:
+            await ws.send("close:4001:bye from upstream")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            return ws.close_code, ws.close_reason
+
+    async def client_closes(url: str) -> None:
+        async with connect(url + "/ws/") as ws:
+            await ws.close(4002, "bye from client")
+
+    with echo_upstream() as (upstream, codes), gateway_to(upstream) as url:
+        assert run(upstream_closes(url)) == (4001, "bye from upstream")
+        run(client_closes(url))
+        deadline = time.monotonic() + 5
+        while 4002 not in codes and time.monotonic() < deadline:  # the upstream records it as it closes
+            time.sleep(0.02)
+    assert 4002 in codes
+
+
+def test_upstream_refusal_reaches_the_client_as_http() -> None:
+    async def session(url: str) -> int:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url + "/ws/private"):
+                pass
+        return refused.value.response.status_code
+
+    with echo_upstream() as (upstream, _), gateway_to(upstream) as url:
+        assert run(session(url)) == 403
+
+
+def test_upstream_dying_closes_the_client_with_1011() -> None:
+    async def session(url: str) -> int | None:
+        async with connect(url + "/ws/") as ws:
+            await ws.send("die")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            return ws.close_code
+
+    with echo_upstream() as (upstream, _), gateway_to(upstream) as url:
+        assert run(session(url)) == 1011
+
+
+def test_unreachable_upstream_is_a_502_handshake_answer() -> None:
+    async def session(url: str) -> int:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url + "/ws/"):
+                pass
+        return refused.value.response.status_code
+
+    with gateway_to("http://127.0.0.1:9") as url:
+        assert run(session(url)) == 502
