@@ -41,7 +41,7 @@ class WebSocketRelay:
         self._prefix = route.prefix.encode()
         self._strip = route.strip_prefix and route.prefix != "/"
         self._open_timeout = route.timeouts.connect
-        self._max_message = route.max_body_bytes
+        self._settings = route.websocket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -60,7 +60,8 @@ class WebSocketRelay:
                 compression=None,  # frames are relayed as they are, not re-compressed
                 proxy=None,  # like the HTTP client: proxy environment variables are ignored
                 open_timeout=self._open_timeout,
-                max_size=self._max_message,
+                max_size=self._settings.max_message_bytes,
+                ping_interval=self._settings.ping_interval,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -74,7 +75,9 @@ class WebSocketRelay:
         await send({"type": "websocket.accept", "subprotocol": connection.subprotocol})
         upstream.in_flight += 1
         try:
-            await _relay(connection, receive, send, upstream)
+            await _relay(
+                connection, receive, send, upstream, self._settings.idle_timeout, self._settings.max_message_bytes
+            )
         finally:
             upstream.in_flight -= 1
 
@@ -99,13 +102,27 @@ def _upstream_headers(scope: Scope) -> list[tuple[str, str]]:
     return kept
 
 
-async def _relay(connection: ClientConnection, receive: Receive, send: Send, upstream: Upstream) -> None:
-    """Both directions at once; whichever side closes first closes the other with its code."""
-    to_upstream = asyncio.ensure_future(_client_to_upstream(connection, receive))
-    to_client = asyncio.ensure_future(_upstream_to_client(connection, send, upstream))
+async def _relay(
+    connection: ClientConnection,
+    receive: Receive,
+    send: Send,
+    upstream: Upstream,
+    idle_timeout: float | None,
+    max_message: int,
+) -> None:
+    """Both directions at once; whichever side closes first closes the other with its code. A session with no
+    message either way for `idle_timeout` seconds is closed with 1001 (going away) on both sides."""
+    activity = Activity()
+    to_upstream = asyncio.ensure_future(_client_to_upstream(connection, receive, send, activity, max_message))
+    to_client = asyncio.ensure_future(_upstream_to_client(connection, send, upstream, activity))
+    idle = asyncio.ensure_future(activity.expire(idle_timeout))
     try:
-        await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({to_upstream, to_client, idle}, return_when=asyncio.FIRST_COMPLETED)
+        if idle in done:
+            await send({"type": "websocket.close", "code": 1001, "reason": "idle"})
+            await connection.close(1001, "idle")
     finally:
+        idle.cancel()
         for task in (to_upstream, to_client):
             task.cancel()
         await asyncio.gather(to_upstream, to_client, return_exceptions=True)
@@ -113,11 +130,39 @@ async def _relay(connection: ClientConnection, receive: Receive, send: Send, ups
             await connection.close()
 
 
-async def _client_to_upstream(connection: ClientConnection, receive: Receive) -> None:
+class Activity:
+    """When a message last went either way."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    async def expire(self, timeout: float | None) -> None:
+        """Returns once `timeout` seconds passed without a message (never, for None)."""
+        if timeout is None:
+            await asyncio.Future()
+            return
+        # Sleeps until the deadline measured from the last message, then re-checks: one timer per
+        # idle period instead of one per message.
+        while (remaining := self.last + timeout - self._loop.time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(remaining)
+
+
+async def _client_to_upstream(
+    connection: ClientConnection, receive: Receive, send: Send, activity: Activity, max_message: int
+) -> None:
     while True:
         message = await receive()
+        activity.touch()
         if message["type"] == "websocket.receive":
             data: Any = message.get("bytes") if message.get("bytes") is not None else message.get("text", "")
+            if len(data) > max_message:
+                await send({"type": "websocket.close", "code": 1009, "reason": "message too big"})
+                await connection.close(1001, "client sent a message over the limit")
+                return
             try:
                 await connection.send(data)
             except ConnectionClosed:
@@ -128,15 +173,20 @@ async def _client_to_upstream(connection: ClientConnection, receive: Receive) ->
             return
 
 
-async def _upstream_to_client(connection: ClientConnection, send: Send, upstream: Upstream) -> None:
+async def _upstream_to_client(connection: ClientConnection, send: Send, upstream: Upstream, activity: Activity) -> None:
+    code, reason = 1000, ""
     try:
         async for data in connection:
+            activity.touch()
             key = "text" if isinstance(data, str) else "bytes"
             await send({"type": "websocket.send", key: data})
-    except ConnectionClosed:
-        pass
-    code = connection.close_code if connection.close_code is not None else 1006
-    reason = connection.close_reason or ""
+    except ConnectionClosed as exc:
+        # The frame the upstream sent, or the one sent to it (1009 when its message was over the limit).
+        frame = exc.rcvd or exc.sent
+        code, reason = (frame.code, frame.reason) if frame is not None else (1006, "")
+    else:
+        if connection.close_code is not None:
+            code, reason = connection.close_code, connection.close_reason or ""
     if code == 1006:
         logger.warning("upstream %s dropped a WebSocket session", upstream.url)
         reason = "upstream went away"

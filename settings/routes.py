@@ -67,6 +67,20 @@ class TimeoutSettings(BaseModel):
     )
 
 
+class WebSocketSettings(BaseModel):
+    """How WebSocket sessions on a route are kept alive and bounded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_message_bytes: int = Field(16 * MIB, ge=1, description="Largest message either way. Default 16 MiB.")
+    idle_timeout: float | None = Field(
+        300.0, gt=0, description="Seconds without a message either way before the session is closed. Default 300."
+    )
+    ping_interval: float | None = Field(
+        20.0, gt=0, description="Seconds between pings to the upstream (null: none). Default 20."
+    )
+
+
 class RouteSettings(BaseModel):
     """A path prefix and where its requests go: upstream instances, or a static folder (`static_dir`)."""
 
@@ -87,6 +101,7 @@ class RouteSettings(BaseModel):
         10 * MIB, ge=0, description="Largest request body accepted (413 above it); null for no limit. Default 10 MiB."
     )
     timeouts: TimeoutSettings = Field(TimeoutSettings(), description="Upstream timeouts.")
+    websocket: WebSocketSettings = Field(WebSocketSettings(), description="WebSocket sessions on this route.")
     balancing: BalancingSettings = Field(
         BalancingSettings(), description="Upstream selection, health checks, ejection and retries."
     )

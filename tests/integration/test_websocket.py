@@ -30,6 +30,9 @@ async def echo(connection: ServerConnection) -> None:
                 _, code, reason = message.split(":", 2)
                 await connection.close(int(code), reason)
                 return
+            if isinstance(message, str) and message.startswith("big:"):
+                await connection.send(b"y" * int(message[4:]))
+                continue
             if message == "whoami":
                 request = connection.request
                 assert request is not None
@@ -183,3 +186,27 @@ def test_unreachable_upstream_is_a_502_handshake_answer() -> None:
 
     with gateway_to("http://127.0.0.1:9") as url:
         assert run(session(url)) == 502
+
+
+def test_idle_sessions_are_closed_and_oversized_messages_refused() -> None:
+    async def idle(url: str) -> tuple[int | None, str | None]:
+        async with connect(url + "/ws/") as ws:
+            await ws.send("ping-pong keeps nothing alive here")
+            await ws.recv()
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()  # nothing more is sent: the gateway closes after its idle timeout
+            return ws.close_code, ws.close_reason
+
+    async def oversized(url: str, first: str | bytes) -> int | None:
+        async with connect(url + "/ws/", max_size=None) as ws:
+            await ws.send(first)
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            return ws.close_code
+
+    with echo_upstream() as (upstream, _):
+        with gateway_to(upstream, websocket={"idle_timeout": 0.5}) as url:
+            assert run(idle(url)) == (1001, "idle")
+        with gateway_to(upstream, websocket={"max_message_bytes": 1024}) as url:
+            assert run(oversized(url, b"x" * 2048)) == 1009  # too big from the client
+            assert run(oversized(url, "big:2048")) == 1009  # too big from the upstream
