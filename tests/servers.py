@@ -203,12 +203,13 @@ class GatewayProcess:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
-    def stdout_lines(self, count: int) -> list[str]:
-        """The first `count` lines the gateway wrote to stdout (waits up to WAIT seconds for them)."""
+    def stdout_lines(self, count: int, skip: str = "/_gateway/health") -> list[str]:
+        """The first `count` lines the gateway wrote to stdout that do not mention `skip` (the start-up
+        health polls, however many there were); waits up to WAIT seconds for them."""
         deadline = time.monotonic() + WAIT
         while True:
             self.out.seek(0)
-            lines = self.out.read().decode(errors="replace").splitlines()
+            lines = [line for line in self.out.read().decode(errors="replace").splitlines() if skip not in line]
             if len(lines) >= count or time.monotonic() > deadline:
                 return lines[:count]
             time.sleep(0.05)
