@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -184,3 +185,25 @@ def test_default_configuration_answers_something_real() -> None:
     assert page.status_code == 200 and "The gateway is running" in page.text
     assert health.json() == {"status": "ok"}
     assert (ROOT / "settings" / "welcome" / "index.html").is_file()
+
+
+def test_streamed_events_reach_the_client_before_the_upstream_finishes() -> None:
+    """The upstream sends one event, then waits until the client has it before sending the next: a gateway
+    that buffered would deadlock here (until the bounded wait gives up)."""
+    client_has_event = threading.Event()
+
+    def events(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        first = b"data: one\n\n"
+        handler.write(b"%x\r\n%s\r\n" % (len(first), first))
+        released = client_has_event.wait(10)
+        last = b"data: two\n\n" if released else b"data: buffered!\n\n"
+        handler.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last))
+
+    with scripted_upstream(events) as upstream, gateway({"prefix": "/", "upstreams": [upstream.url]}) as url:
+        with httpx.stream("GET", url + "/events", timeout=20) as response:
+            stream = response.iter_raw()
+            assert next(stream) == b"data: one\n\n"
+            client_has_event.set()
+            rest = b"".join(stream)
+    assert rest == b"data: two\n\n"
