@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp
 from gateway import scope as keys
 from gateway.admin import gateway_routes, not_found
 from gateway.balancers import balancer_for
-from gateway.client import create_client
+from gateway.client import create_client, upstream_tls
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
 from gateway.health import HealthChecker
@@ -56,13 +57,14 @@ def create_app(
     """
     settings = settings or load_settings()
     client = create_client(settings.client, transport)
+    tls = upstream_tls(settings.client)
     resolver = ClientIPResolver(settings.proxy.trusted_proxies)
     limits = settings.rate_limit
     store = _rate_limit_store(settings)
     pools = {route.prefix: _pool(route, index) for index, route in enumerate(settings.routes) if route.upstreams}
     table = RouteTable(
         {
-            route.prefix: _route_stack(route, index, client, resolver, store, limits, pools.get(route.prefix))
+            route.prefix: _route_stack(route, index, client, resolver, store, limits, pools.get(route.prefix), tls)
             for index, route in enumerate(settings.routes)
         }
     )
@@ -161,6 +163,7 @@ def _route_stack(
     store: Store | None,
     limits: RateLimitSettings,
     pool: UpstreamPool | None,
+    tls: ssl.SSLContext,
 ) -> ASGIApp:
     """The route's endpoint inside its own IP filter, rate limits and user middleware (outermost first)."""
     endpoint: ASGIApp
@@ -168,7 +171,7 @@ def _route_stack(
         endpoint = StaticEndpoint(route.prefix, route.static_dir)
     else:
         assert pool is not None
-        endpoint = ProxyEndpoint(route, client, resolver, pool, RetryPolicy(route.balancing.retries))
+        endpoint = ProxyEndpoint(route, client, resolver, pool, RetryPolicy(route.balancing.retries), tls)
     stack: list[Middleware] = []
     if route.ip_filter.active:
         stack.append(Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))

@@ -18,7 +18,7 @@ def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport 
     """
     if transport is None:
         transport = RelayTransport(
-            verify=_verification(settings),
+            verify=upstream_tls(settings),
             limits=httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_keepalive_connections,
@@ -28,11 +28,12 @@ def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport 
     return GatewayClient(transport=transport, follow_redirects=False, trust_env=False)
 
 
-def _verification(settings: ClientSettings) -> bool | ssl.SSLContext:
-    """How upstream certificates are checked: system CAs (certifi), a configured CA bundle, or not at all."""
+def upstream_tls(settings: ClientSettings) -> ssl.SSLContext:
+    """How upstream certificates are checked, for HTTP and WebSocket alike: the system's CAs (certifi), a
+    configured CA bundle (`ca_file`), or not at all (`verify = false`)."""
     if settings.verify and settings.ca_file is not None:
         return ssl.create_default_context(cafile=str(settings.ca_file))
-    return settings.verify
+    return httpx.create_ssl_context(verify=settings.verify)
 
 
 class NoCookies(httpx.Cookies):

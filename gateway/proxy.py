@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import cast
@@ -91,7 +92,8 @@ class ProxyEndpoint:
     """Relays one route's requests to its upstreams through the shared client.
 
     Trusts the validated route settings and `scope[gateway.request_id]`; believes forwarding headers only
-    through `resolver`. Picks instances from `pool`, retries as `retries` allows, and answers
+    through `resolver`. Picks instances from `pool`, retries as `retries` allows (WebSocket upgrades go to a
+    WebSocketRelay, with `tls` for wss:// upstreams), and answers
     413/502/503/504 itself; after the response started, a failure aborts the connection so the client can
     tell the body is incomplete.
     """
@@ -103,6 +105,7 @@ class ProxyEndpoint:
         resolver: ClientIPResolver,
         pool: UpstreamPool,
         retries: RetryPolicy,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._client = client
         self._resolver = resolver
@@ -120,7 +123,7 @@ class ProxyEndpoint:
             "pool": route.timeouts.pool,
         }
         self._hash_key = route.balancing.hash_key if route.balancing.policy == "hash" else None
-        self._websocket = WebSocketRelay(route, pool)
+        self._websocket = WebSocketRelay(route, pool, tls)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -36,8 +37,9 @@ _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
 class WebSocketRelay:
     """Relays WebSocket sessions of one route. Trusts the route settings and the resolved client IP."""
 
-    def __init__(self, route: RouteSettings, pool: UpstreamPool) -> None:
+    def __init__(self, route: RouteSettings, pool: UpstreamPool, tls: ssl.SSLContext | None = None) -> None:
         self._pool = pool
+        self._tls = tls
         self._prefix = route.prefix.encode()
         self._strip = route.strip_prefix and route.prefix != "/"
         self._open_timeout = route.timeouts.connect
@@ -62,6 +64,7 @@ class WebSocketRelay:
                 open_timeout=self._open_timeout,
                 max_size=self._settings.max_message_bytes,
                 ping_interval=self._settings.ping_interval,
+                ssl=self._tls if upstream.scheme == "https" else None,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -86,7 +86,11 @@ class RelayTransport(httpx.AsyncBaseTransport):
         ssl_context = None
         if url.scheme == "https":
             if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context(verify=self._verify)
+                self._ssl_context = (
+                    self._verify
+                    if isinstance(self._verify, ssl.SSLContext)
+                    else httpx.create_ssl_context(verify=self._verify)
+                )
             ssl_context = self._ssl_context
         pool = OriginPool(
             url.host,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -52,7 +55,7 @@ def guard(connection: ServerConnection, request: Request) -> Response | None:
 
 
 @contextlib.contextmanager
-def echo_upstream() -> Iterator[tuple[str, list[int | None]]]:
+def echo_upstream(tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, list[int | None]]]:
     """A websockets server in its own thread and loop; yields its URL and the close codes it saw."""
     ready = threading.Event()
     stop: list[asyncio.Future[None]] = []
@@ -68,6 +71,7 @@ def echo_upstream() -> Iterator[tuple[str, list[int | None]]]:
             handler,
             "127.0.0.1",
             0,
+            ssl=tls,
             process_request=guard,
             select_subprotocol=lambda c, offered: "v2.chat" if "v2.chat" in offered else None,
             max_size=None,
@@ -90,9 +94,9 @@ def echo_upstream() -> Iterator[tuple[str, list[int | None]]]:
 
 
 @contextlib.contextmanager
-def gateway_to(upstream: str, **route: object) -> Iterator[str]:
+def gateway_to(upstream: str, client: dict[str, str] | None = None, **route: object) -> Iterator[str]:
     settings = settings_with(
-        {"prefix": "/ws", "upstreams": [upstream], "strip_prefix": True, "max_body_bytes": 32 * 2**20, **route}
+        {"prefix": "/ws", "upstreams": [upstream], "strip_prefix": True, **route}, client=client or {}
     )
     with serve_app(create_app(settings)) as url:
         yield url.replace("http://", "ws://")
@@ -210,3 +214,29 @@ def test_idle_sessions_are_closed_and_oversized_messages_refused() -> None:
         with gateway_to(upstream, websocket={"max_message_bytes": 1024}) as url:
             assert run(oversized(url, b"x" * 2048)) == 1009  # too big from the client
             assert run(oversized(url, "big:2048")) == 1009  # too big from the upstream
+
+
+def test_wss_upstream_verified_against_the_configured_ca(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_context)
+
+    async def session(url: str) -> str:
+        async with connect(url + "/ws/") as ws:
+            await ws.send("over tls")
+            return str(await ws.recv())
+
+    with echo_upstream(server_context) as (upstream, _):
+        secure = "https://localhost:" + upstream.rsplit(":", 1)[1]
+        with gateway_to(secure, client={"ca_file": str(tmp_path / "ca.pem")}) as url:
+            assert run(session(url)) == "over tls"
+        with gateway_to(secure) as url:  # the system CAs do not know this one: refused, never downgraded
+
+            async def refused(url: str) -> int:
+                with pytest.raises(InvalidStatus) as answer:
+                    async with connect(url + "/ws/"):
+                        pass
+                return answer.value.response.status_code
+
+            assert run(refused(url)) == 502
