@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 
@@ -17,7 +18,7 @@ class HealthChecker:
     """Probes every instance of `pool` every `settings.interval` seconds with a GET of `settings.path`.
 
     An instance is taken out of rotation after `unhealthy_threshold` failing probes in a row and put back
-    after `healthy_threshold` passing ones; each change is logged once.
+    (also from a passive ejection) after `healthy_threshold` passing ones; each change is logged once.
     """
 
     def __init__(self, pool: UpstreamPool, settings: HealthCheckSettings, client: httpx.AsyncClient) -> None:
@@ -42,7 +43,10 @@ class HealthChecker:
         streak = self._streaks.get(id(upstream), 0)
         streak = max(streak, 0) + 1 if passed else min(streak, 0) - 1
         self._streaks[id(upstream)] = streak
-        if not upstream.healthy and streak >= self._settings.healthy_threshold:
+        out_of_rotation = not upstream.healthy or upstream.ejected_until > time.monotonic()
+        if out_of_rotation and streak >= self._settings.healthy_threshold:
+            # Passing checks also end a passive ejection, as Envoy does by default: a restarted instance
+            # comes back after `healthy_threshold` intervals, not after its ejection time.
             self._pool.mark_health(upstream, True)
             logger.warning("upstream %s is healthy again", upstream.url)
         elif upstream.healthy and -streak >= self._settings.unhealthy_threshold:
