@@ -48,6 +48,19 @@ _RESPONSE_OWNED = frozenset({b"date", b"server"})
 BODYLESS_STATUSES = frozenset({204, 304})
 
 
+# The fixed parts of what is dropped, built once: (Host replaced, peer trusted) -> fields.
+_REQUEST_DROPPED = {
+    (host_replaced, trusted): HOP_BY_HOP
+    | _REQUEST_OWNED
+    | ({b"host"} if host_replaced else frozenset())
+    | (frozenset() if trusted else FORWARDING)
+    for host_replaced in (False, True)
+    for trusted in (False, True)
+}
+_RESPONSE_DROPPED = HOP_BY_HOP | _RESPONSE_OWNED
+_RESPONSE_DROPPED_WITH_LENGTH = _RESPONSE_DROPPED | {b"content-length"}
+
+
 def connection_named(headers: Iterable[Header]) -> frozenset[bytes]:
     """Field names listed in Connection headers, which are hop-by-hop too."""
     named: set[bytes] = set()
@@ -78,11 +91,10 @@ def upstream_request_headers(headers: Iterable[Header], forwarded: ForwardedFor,
     the client's values go).
     """
     headers = list(headers)
-    dropped = HOP_BY_HOP | _REQUEST_OWNED | connection_named(headers)
-    if host is not None:
-        dropped |= {b"host"}
-    if not forwarded.trusted:
-        dropped |= FORWARDING
+    dropped = _REQUEST_DROPPED[(host is not None, forwarded.trusted)]
+    named = connection_named(headers)
+    if named:
+        dropped = dropped | named
     result: list[Header] = [] if host is None else [(b"host", host)]
     prior_for: list[bytes] = []
     seen: set[bytes] = set()
@@ -117,8 +129,9 @@ def client_response_headers(headers: Iterable[Header], status: int) -> list[Head
     length is then meaningless) and on statuses that carry no body.
     """
     headers = list(headers)
-    dropped = HOP_BY_HOP | _RESPONSE_OWNED | connection_named(headers)
     chunked = any(name.lower() == b"transfer-encoding" for name, _ in headers)
-    if chunked or status in BODYLESS_STATUSES:
-        dropped |= {b"content-length"}
+    dropped = _RESPONSE_DROPPED_WITH_LENGTH if chunked or status in BODYLESS_STATUSES else _RESPONSE_DROPPED
+    named = connection_named(headers)
+    if named:
+        dropped = dropped | named
     return [(name.lower(), value) for name, value in headers if name.lower() not in dropped]

@@ -9,10 +9,8 @@ from collections.abc import Callable
 
 import httpx
 
+from gateway.transport.relay import IDEMPOTENT
 from settings import RetrySettings
-
-# Safe to send twice (RFC 9110 9.2.2).
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 # The request never left the gateway: retrying cannot make an upstream act twice.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)

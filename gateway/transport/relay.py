@@ -21,7 +21,7 @@ from gateway.transport.pool import OriginPool
 COMPLETE_BODY = "gateway.complete_body"
 
 # Safe to send twice (RFC 9110 9.2.2): retried once when a reused connection turns out to be dead.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class RelayTransport(httpx.AsyncBaseTransport):
@@ -44,7 +44,7 @@ class RelayTransport(httpx.AsyncBaseTransport):
         head = _request_head(request)
         body = request.stream
         replayable = isinstance(body, httpx.ByteStream)
-        may_retry = replayable and request.method.encode() in IDEMPOTENT
+        may_retry = replayable and request.method in IDEMPOTENT
         while True:
             conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"))
             try:

@@ -158,15 +158,17 @@ def test_close_codes_pass_both_ways() -> None:
     assert 4002 in codes
 
 
-def test_upstream_refusal_reaches_the_client_as_http() -> None:
-    async def session(url: str) -> int:
-        with pytest.raises(InvalidStatus) as refused:
-            async with connect(url + "/ws/private"):
-                pass
-        return refused.value.response.status_code
+async def handshake_status(url: str) -> int:
+    """The HTTP status a refused WebSocket handshake was answered with."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url):
+            pass
+    return refused.value.response.status_code
 
+
+def test_upstream_refusal_reaches_the_client_as_http() -> None:
     with echo_upstream() as (upstream, _), gateway_to(upstream) as url:
-        assert run(session(url)) == 403
+        assert run(handshake_status(url + "/ws/private")) == 403
 
 
 def test_upstream_dying_closes_the_client_with_1011() -> None:
@@ -182,14 +184,8 @@ def test_upstream_dying_closes_the_client_with_1011() -> None:
 
 
 def test_unreachable_upstream_is_a_502_handshake_answer() -> None:
-    async def session(url: str) -> int:
-        with pytest.raises(InvalidStatus) as refused:
-            async with connect(url + "/ws/"):
-                pass
-        return refused.value.response.status_code
-
     with gateway_to("http://127.0.0.1:9") as url:
-        assert run(session(url)) == 502
+        assert run(handshake_status(url + "/ws/")) == 502
 
 
 def test_idle_sessions_are_closed_and_oversized_messages_refused() -> None:
@@ -232,11 +228,4 @@ def test_wss_upstream_verified_against_the_configured_ca(tmp_path: Path) -> None
         with gateway_to(secure, client={"ca_file": str(tmp_path / "ca.pem")}) as url:
             assert run(session(url)) == "over tls"
         with gateway_to(secure) as url:  # the system CAs do not know this one: refused, never downgraded
-
-            async def refused(url: str) -> int:
-                with pytest.raises(InvalidStatus) as answer:
-                    async with connect(url + "/ws/"):
-                        pass
-                return answer.value.response.status_code
-
-            assert run(refused(url)) == 502
+            assert run(handshake_status(url + "/ws/")) == 502
