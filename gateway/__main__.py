@@ -1,45 +1,17 @@
-"""`python -m gateway [serve|check|demo]`: settings -> uvicorn (TLS, host, port, workers) -> run."""
+"""`python -m gateway [serve|check|demo]`: settings -> uvicorn (edge protocol, limits, TLS, workers) -> run."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from typing import Any
-
-import uvicorn
 
 from gateway.logs import configure_logging
+from gateway.server import run_server
 from settings import GatewaySettings, SettingsError, load_settings
 
 
-def server_options(settings: GatewaySettings, *, host: str | None = None, port: int | None = None) -> dict[str, Any]:
-    """uvicorn's settings for the gateway. PORT (set by a PaaS) wins over `server.port`.
-
-    uvicorn's own X-Forwarded-* handling is off: the gateway decides whom to trust (`proxy.trusted_proxies`).
-    Its Server header is off; its Date header stays (the gateway drops the upstream's, as nginx does).
-    """
-    server = settings.server
-    return dict(
-        host=host or server.host,
-        port=port if port is not None else int(os.environ.get("PORT", server.port)),
-        workers=server.workers,
-        timeout_keep_alive=int(server.keepalive_timeout),
-        timeout_graceful_shutdown=int(server.graceful_shutdown_timeout),
-        ssl_certfile=settings.tls.certfile,
-        ssl_keyfile=settings.tls.keyfile,
-        proxy_headers=False,
-        access_log=False,  # the gateway writes its own (gateway.access)
-        server_header=False,
-        date_header=True,
-        log_level=server.log_level,
-    )
-
-
 def serve(settings: GatewaySettings, args: argparse.Namespace) -> int:
-    # An import string, so that each worker process builds its own app (pools are per worker).
-    uvicorn.run("gateway.main:app", **server_options(settings, host=args.host, port=args.port))
-    return 0
+    return run_server(settings, host=args.host, port=args.port)
 
 
 def check(settings: GatewaySettings, args: argparse.Namespace) -> int:

@@ -108,6 +108,8 @@ def upstream_request_headers(headers: Iterable[Header], forwarded: ForwardedFor,
         if lowered == b"x-forwarded-for":
             prior_for.append(value)
             continue
+        if lowered == b"content-length":
+            value = b"%d" % int(value)  # "003" -> "3": the server checked it is digits; upstreams may not agree
         seen.add(lowered)
         result.append((name, value))
     chain = b", ".join([*prior_for, forwarded.peer.encode("latin-1")])

@@ -144,10 +144,10 @@ class ProxyEndpoint:
                 raise
             if exchange.task is not None:
                 exchange.task.uncancel()
-            scope[keys.REASON] = "client_closed"
+            scope.setdefault(keys.REASON, "client_closed")
             logger.info("client went away; upstream exchange with %s cancelled", scope.get(keys.UPSTREAM))
         except ClientGone:
-            scope[keys.REASON] = "client_closed"
+            scope.setdefault(keys.REASON, "client_closed")  # or the server's body deadline
             logger.info("client went away while sending its body to %s", scope.get(keys.UPSTREAM))
         except Exception as exc:
             failure = failure_for(exc)

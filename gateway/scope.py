@@ -6,3 +6,4 @@ UPSTREAM = "gateway.upstream"  # str: the URL of the upstream instance picked fo
 CLIENT_IP = "gateway.client_ip"  # str: the client's address, resolved across trusted proxies
 REASON = "gateway.reason"  # str: why the exchange did not go as asked (ip_filter, body_limit, client_closed...)
 TIMINGS = "gateway.timings"  # dict[str, float]: loop times of upstream milestones, for the access log
+EDGE_STATUS = "gateway.edge_status"  # int: the status the server protocol answered with itself (a body deadline)

@@ -1,6 +1,7 @@
 """Validated settings for the gateway: one source of truth, read once at start-up."""
 
 from settings.balancing import BalancingSettings, HealthCheckSettings, OutlierSettings, RetrySettings
+from settings.edge import LimitsSettings, TlsSettings
 from settings.gateway import GatewaySettings, SettingsError, load_settings
 from settings.protection import (
     AccessLogSettings,
@@ -10,7 +11,7 @@ from settings.protection import (
     RateLimitSettings,
 )
 from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
-from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
+from settings.sections import ClientSettings, ProxySettings, ServerSettings
 
 __all__ = [
     "AccessLogSettings",
@@ -19,6 +20,7 @@ __all__ = [
     "GatewaySettings",
     "HealthCheckSettings",
     "IPFilterSettings",
+    "LimitsSettings",
     "MiddlewareSettings",
     "OutlierSettings",
     "ProxySettings",

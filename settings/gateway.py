@@ -12,9 +12,10 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import InitSettingsSource
 
+from settings.edge import LimitsSettings, TlsSettings
 from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings, RateLimitSettings
 from settings.routes import RouteSettings
-from settings.sections import ClientSettings, ProxySettings, ServerSettings, TlsSettings
+from settings.sections import ClientSettings, ProxySettings, ServerSettings
 
 ENV_PREFIX = "GATEWAY_"
 CONFIG_VARIABLE = "GATEWAY_CONFIG"
@@ -46,6 +47,7 @@ class GatewaySettings(BaseSettings):
 
     server: ServerSettings = Field(ServerSettings(), description="Listener for `python -m gateway`.")
     tls: TlsSettings = Field(TlsSettings(), description="TLS termination.")
+    limits: LimitsSettings = Field(LimitsSettings(), description="Client limits and deadlines.")
     proxy: ProxySettings = Field(ProxySettings(), description="Trusted forwarding proxies.")
     client: ClientSettings = Field(ClientSettings(), description="Shared upstream client.")
     access_log: AccessLogSettings = Field(AccessLogSettings(), description="Access log.")

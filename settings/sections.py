@@ -1,11 +1,11 @@
-"""The non-route sections of the settings: `[server]`, `[tls]`, `[proxy]` and `[client]`."""
+"""The non-route sections of the settings: `[server]`, `[proxy]` and `[client]`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from settings.protection import Network
 
@@ -27,24 +27,6 @@ class ServerSettings(BaseModel):
         30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown. Default 30."
     )
     log_level: LogLevel = Field("info", description="Level of the `gateway.*` and uvicorn loggers. Default info.")
-
-
-class TlsSettings(BaseModel):
-    """TLS termination by uvicorn under `python -m gateway`; both files or neither."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    certfile: Path | None = Field(None, description="PEM certificate chain. Default none (plain HTTP).")
-    keyfile: Path | None = Field(None, description="PEM private key for `certfile`. Default none.")
-
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> TlsSettings:
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("certfile and keyfile go together: set both or neither")
-        for path in (self.certfile, self.keyfile):
-            if path is not None and not path.is_file():
-                raise ValueError(f"{str(path)!r} is not a readable file")
-        return self
 
 
 class ProxySettings(BaseModel):

@@ -24,6 +24,9 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.server import EdgeProtocol, GatewayConfig
+from settings import LimitsSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 15.0  # seconds: the most any helper waits for a server to come up or go down
 
@@ -36,12 +39,18 @@ def loopback_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def serve_app(app: ASGIApp, **config: Any) -> Iterator[str]:
-    """Run `app` under a real uvicorn (httptools, uvloop) in a thread; yield its base URL."""
+def serve_app(app: ASGIApp, *, limits: LimitsSettings | None = None, **config: Any) -> Iterator[str]:
+    """Run `app` under a real uvicorn (httptools, uvloop) in a thread; yield its base URL.
+
+    With `limits`, it runs as `python -m gateway` does: the gateway's edge protocol enforcing them."""
     sock = loopback_socket()
     options: dict[str, Any] = {"log_level": "warning", "proxy_headers": False, "lifespan": "on"}
     options.update(config)
-    server = uvicorn.Server(uvicorn.Config(app, **options))
+    if limits is not None:
+        options.setdefault("limit_concurrency", limits.max_connections)
+        server = uvicorn.Server(GatewayConfig(app, limits=limits, http=EdgeProtocol, **options))
+    else:
+        server = uvicorn.Server(uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + WAIT
@@ -234,7 +243,7 @@ def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
     sock = loopback_socket()
     sock.listen(128)
     command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--fd", str(sock.fileno())]
-    command += ["--no-proxy-headers", "--log-level", "warning", *args]
+    command += ["--http", "gateway.server:EdgeProtocol", "--no-proxy-headers", "--log-level", "warning", *args]
     full_env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
     full_env.update(env)
     log, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()

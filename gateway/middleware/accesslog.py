@@ -60,7 +60,7 @@ class AccessLogMiddleware:
 
 def _log(scope: Scope, counts: dict[str, int], timings: dict[str, float], started: float) -> None:
     reason = scope.get(keys.REASON)
-    status = counts["status"]
+    status = scope.get(keys.EDGE_STATUS) or counts["status"]
     if not counts["complete"] and reason == "client_closed":
         status = CLIENT_CLOSED
     upstream_headers = timings.get("upstream_headers")

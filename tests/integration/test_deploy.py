@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from gateway.__main__ import server_options
+from gateway.server import server_options
 from settings import load_settings
 from settings.reference import END, START, reference
 from tests.servers import ROOT, WAIT, loopback_socket, wait_for_health

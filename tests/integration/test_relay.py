@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gateway import create_app
+from settings import LimitsSettings
 from tests.conftest import settings_with
 from tests.servers import ROOT, Received, ScriptedServer, UpstreamHandler, raw_request, scripted_upstream, serve_app
 
@@ -23,7 +24,8 @@ def upstream() -> Iterator[ScriptedServer]:
 
 
 def gateway(*routes: dict[str, Any], **sections: Any) -> Any:
-    return serve_app(create_app(settings_with(*routes, **sections)))
+    """The gateway as `python -m gateway` serves it: the edge protocol with default limits."""
+    return serve_app(create_app(settings_with(*routes, **sections)), limits=LimitsSettings())
 
 
 def connect(url: str) -> http.client.HTTPConnection:

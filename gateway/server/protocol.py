@@ -1,0 +1,298 @@
+"""uvicorn's httptools protocol, with the edge defences it lacks on its own.
+
+uvicorn (0.54) puts no limit on the size or number of request headers with httptools, has no deadline for a
+request head or body, and accepts any Host. This subclass, selected the supported way (uvicorn's `http`
+option takes a protocol class or import path), adds `[limits]` and framing checks before the app sees a request:
+
+- head larger than `max_head_bytes` or with more than `max_headers` lines: 431; target over `max_target_bytes`: 414
+- head not complete within `head_timeout` of its first byte (or of connecting): 408
+- body slower than `body_min_rate` over a `body_timeout` window, not counting time the gateway held it back: 408
+- no Host (HTTP/1.1), several Hosts or an invalid one: 400; Transfer-Encoding in HTTP/1.0: 400;
+  a transfer coding other than chunked: 501; a version other than 1.0 or 1.1: 505
+
+llhttp (httptools >= 0.6.2) already refuses the other smuggling shapes: Content-Length with Transfer-Encoding,
+duplicate or non-numeric Content-Length, bad chunk sizes, obs-fold, whitespace before a colon, bare CR or LF,
+control characters. Every refusal is a short problem document and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, cast
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from gateway import scope as keys
+from gateway.errors import PROBLEM_TYPE, problem_body
+from settings import LimitsSettings, load_settings
+
+logger = logging.getLogger("gateway.server")
+
+# Seconds before uvicorn's graceful-shutdown deadline at which the gateway ends exchanges still open itself.
+SHUTDOWN_MARGIN = 0.5
+# RFC 9110 section 7.2: Host = uri-host [ ":" port ]; an empty value is allowed.
+_VALID_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    detail: str
+    reason: str  # for the log
+
+
+HEAD_TOO_LARGE = Refusal(431, "The request head is too large.", "head_too_large")
+TOO_MANY_HEADERS = Refusal(431, "The request has too many header lines.", "too_many_headers")
+TARGET_TOO_LONG = Refusal(414, "The request target is too long.", "target_too_long")
+HEAD_TIMEOUT = Refusal(408, "The request head did not arrive in time.", "head_timeout")
+BODY_TIMEOUT = Refusal(408, "The request body arrived too slowly.", "body_timeout")
+BAD_HOST = Refusal(400, "The request needs exactly one valid Host header.", "bad_host")
+BAD_FRAMING = Refusal(400, "The request is malformed.", "bad_request")
+UNSUPPORTED_CODING = Refusal(501, "Only the chunked transfer coding is supported.", "unsupported_coding")
+BAD_VERSION = Refusal(505, "Only HTTP versions 1.0 and 1.1 are supported.", "bad_version")
+
+
+class _Refused(Exception):
+    """Raised from a parser callback; httptools turns it into a parser error, which ends in send_400_response."""
+
+
+@functools.cache
+def _limits_from_environment() -> LimitsSettings:
+    return load_settings().limits
+
+
+def limits_for(config: Config) -> LimitsSettings:
+    """The limits `python -m gateway` put on its config, else those of the settings (`uvicorn --http ...`)."""
+    limits = getattr(config, "limits", None)
+    return limits if isinstance(limits, LimitsSettings) else _limits_from_environment()
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits = limits_for(config)
+        self._max_head = limits.max_head_bytes
+        self._max_headers = limits.max_headers
+        self._max_target = limits.max_target_bytes
+        self._head_timeout = limits.head_timeout
+        self._body_window = limits.body_timeout
+        self._body_window_minimum = limits.body_min_rate * limits.body_timeout
+        self._refusal: Refusal | None = None
+        self._reading_head = True
+        self._head_bytes = 0  # raw bytes received while the head is incomplete
+        self._header_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._window_bytes = 0
+        self._window_held = False  # reading was paused (back-pressure) at some point in the window
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        reading_head = self._reading_head
+        super().data_received(data)
+        # httptools buffers a header line until it ends, so an endless line is cut by counting raw bytes.
+        if reading_head and self._reading_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head:
+                self._refuse_now(HEAD_TOO_LARGE)
+
+    def send_400_response(self, msg: str) -> None:
+        refusal = self._refusal or BAD_FRAMING
+        logger.info("refused a request from %s: %s", _peer(self.client), refusal.reason)
+        self._write_refusal(refusal)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: idle connections close now; an exchange still open just before the grace period
+        ends (a long stream) is ended by the gateway, so that it is logged as such rather than cancelled."""
+        super().shutdown()
+        grace = self.config.timeout_graceful_shutdown
+        if grace is not None and self.cycle is not None and not self.cycle.response_complete:
+            self.loop.call_later(max(grace - SHUTDOWN_MARGIN, 0), self._end_exchange)
+
+    def _end_exchange(self) -> None:
+        cycle = self.cycle
+        if cycle.response_complete or self.transport.is_closing():
+            return
+        cast(dict[str, Any], self.scope).setdefault(keys.REASON, "shutdown")
+        logger.info("closing an exchange with %s still open as the shutdown grace ends", _peer(self.client))
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_head = True
+        self._header_count = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > self._max_target:
+            self._refuse(TARGET_TOO_LONG)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._max_headers:
+            self._refuse(TOO_MANY_HEADERS)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._head_bytes = 0
+        self._cancel_head_timer()
+        refusal = self._framing_problem()
+        if refusal is not None:
+            self._refuse(refusal)
+        super().on_headers_complete()
+        if self._expects_body():
+            self._window_bytes = 0
+            self._window_held = False
+            self._body_timer = self.loop.call_later(self._body_window, self._check_body_progress)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._window_bytes += len(body)
+        if self.flow.read_paused:
+            self._window_held = True
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_timer()
+        super().on_message_complete()
+
+    # Checks
+
+    def _framing_problem(self) -> Refusal | None:
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            return BAD_VERSION
+        hosts = [value for name, value in self.headers if name == b"host"]
+        if len(hosts) > 1 or (version == "1.1" and not hosts) or (hosts and not _VALID_HOST.fullmatch(hosts[0])):
+            return BAD_HOST
+        codings = [value for name, value in self.headers if name == b"transfer-encoding"]
+        if codings:
+            # RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+            if version == "1.0":
+                return BAD_FRAMING
+            # Any coding but chunked would reach the upstream undeclared once the framing is rewritten.
+            if b",".join(codings).strip().lower() != b"chunked":
+                return UNSUPPORTED_CODING
+        # Head size: llhttp hands over each header whole, so the sum is exact once the head is complete.
+        head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if head > self._max_head:
+            return HEAD_TOO_LARGE
+        return None
+
+    def _expects_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0") != b""):
+                return True
+        return False
+
+    def _check_body_progress(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or self.transport.is_closing():
+            return
+        # The client is not to blame while the gateway holds the body back or has not yet asked for it.
+        excused = self._window_held or self.flow.read_paused or cycle.waiting_for_100_continue
+        if not excused and self._window_bytes < max(self._body_window_minimum, 1):
+            self._cut_body()
+            return
+        self._window_bytes = 0
+        self._window_held = False
+        self._body_timer = self.loop.call_later(self._body_window, self._check_body_progress)
+
+    def _cut_body(self) -> None:
+        """The body is too slow: answer 408 if the app has not answered yet, and end the exchange for both sides."""
+        cycle = self.cycle
+        scope = cast(dict[str, Any], self.scope)
+        scope[keys.REASON] = BODY_TIMEOUT.reason
+        logger.info("refused a request from %s: %s", _peer(self.client), BODY_TIMEOUT.reason)
+        if not cycle.response_started:
+            scope[keys.EDGE_STATUS] = BODY_TIMEOUT.status
+            cycle.response_started = True
+            self._write_refusal(BODY_TIMEOUT)
+        else:
+            self.transport.close()
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+    # Refusals and timers
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self._refusal = refusal
+        raise _Refused(refusal.reason)
+
+    def _refuse_now(self, refusal: Refusal) -> None:
+        self._refusal = refusal
+        self.send_400_response(refusal.detail)
+
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # mid-response on a pipelined connection: no room for an answer
+            return
+        self._refuse_now(HEAD_TIMEOUT)
+
+    def _write_refusal(self, refusal: Refusal) -> None:
+        self._cancel_timers()
+        body = problem_body(refusal.status, refusal.detail, "")
+        head = [STATUS_LINE[refusal.status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: ",
+            PROBLEM_TYPE.encode(),
+            b"\r\ncontent-length: ",
+            str(len(body)).encode(),
+            b"\r\nconnection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self._head_timeout, self._on_head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_head_timer()
+        self._cancel_body_timer()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
