@@ -24,6 +24,7 @@ from gateway.health import HealthChecker
 from gateway.middleware.accesslog import AccessLogMiddleware
 from gateway.middleware.chain import from_settings, wrap
 from gateway.middleware.clientip import ClientIPMiddleware
+from gateway.middleware.hsts import HSTSMiddleware
 from gateway.middleware.ipfilter import IPFilterMiddleware
 from gateway.middleware.requestid import RequestIdMiddleware
 from gateway.proxy import ProxyEndpoint
@@ -91,6 +92,8 @@ def create_app(
     # there, so they skip Starlette's exception middleware and router, which serve only `/_gateway/...`
     # and the lifespan.
     chain = [Middleware(RequestIdMiddleware), Middleware(ClientIPMiddleware, resolver=resolver)]
+    if settings.tls.enabled and settings.tls.hsts_max_age:
+        chain.insert(0, Middleware(HSTSMiddleware, max_age=settings.tls.hsts_max_age))
     if settings.access_log.enabled:
         quiet = [route.prefix for route in settings.routes if not route.access_log]
         chain.append(Middleware(AccessLogMiddleware, quiet_routes=quiet))
@@ -171,6 +174,8 @@ def _route_stack(
         endpoint = StaticEndpoint(route.prefix, route.static_dir)
     else:
         assert pool is not None
+        if route.upstream_tls is not None:
+            tls = upstream_tls(route.upstream_tls)
         endpoint = ProxyEndpoint(route, client, resolver, pool, RetryPolicy(route.balancing.retries), tls)
     stack: list[Middleware] = []
     if route.ip_filter.active:

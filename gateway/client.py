@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from gateway.transport import RelayTransport
-from settings import ClientSettings
+from settings import ClientSettings, UpstreamTlsSettings
 
 
 def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
@@ -28,12 +28,16 @@ def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport 
     return GatewayClient(transport=transport, follow_redirects=False, trust_env=False)
 
 
-def upstream_tls(settings: ClientSettings) -> ssl.SSLContext:
+def upstream_tls(settings: UpstreamTlsSettings) -> ssl.SSLContext:
     """How upstream certificates are checked, for HTTP and WebSocket alike: the system's CAs (certifi), a
-    configured CA bundle (`ca_file`), or not at all (`verify = false`)."""
+    configured CA bundle (`ca_file`), or not at all (`verify = false`); plus a client certificate if set."""
     if settings.verify and settings.ca_file is not None:
-        return ssl.create_default_context(cafile=str(settings.ca_file))
-    return httpx.create_ssl_context(verify=settings.verify)
+        context = ssl.create_default_context(cafile=str(settings.ca_file))
+    else:
+        context = httpx.create_ssl_context(verify=settings.verify)
+    if settings.certfile is not None:
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+    return context
 
 
 class NoCookies(httpx.Cookies):

@@ -19,7 +19,7 @@ from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, fai
 from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.paths import strip_segments, url_safe
 from gateway.retries import NOT_SENT, RetryPolicy
-from gateway.transport import COMPLETE_BODY
+from gateway.transport import COMPLETE_BODY, TLS_CONTEXT
 from gateway.upstreams import Upstream, UpstreamPool
 from gateway.websocket import WebSocketRelay
 from settings import RouteSettings
@@ -124,6 +124,8 @@ class ProxyEndpoint:
         }
         self._hash_key = route.balancing.hash_key if route.balancing.policy == "hash" else None
         self._websocket = WebSocketRelay(route, pool, tls)
+        # The shared client's transport has the [client] TLS; a route with its own hands its context along.
+        self._tls_extension = {TLS_CONTEXT: tls} if route.upstream_tls is not None else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -157,12 +159,13 @@ class ProxyEndpoint:
             request_id = scope.get(keys.REQUEST_ID, "")
             logger.log(
                 failure.log_level,
-                "%s %s via %s failed with %d: %s (%s) request_id=%s",
+                "%s %s via %s failed with %d: %s %s (%s) request_id=%s",
                 scope["method"],
                 scope["path"],
                 scope.get(keys.UPSTREAM),
                 failure.status,
                 exc.__class__.__name__,
+                exc,  # the transport's own words ("TLS with the upstream failed: CERTIFICATE_VERIFY_FAILED")
                 "response aborted" if exchange.response_started else "error response sent",
                 request_id,
             )
@@ -315,7 +318,7 @@ class ProxyEndpoint:
             upstream.url_for(url_safe(target)),
             headers=upstream_headers,
             stream=body,
-            extensions={"timeout": self._timeouts},
+            extensions={"timeout": self._timeouts, **self._tls_extension},
         )
 
     async def _request_body(self, exchange: Exchange) -> AsyncIterator[bytes]:

@@ -11,7 +11,7 @@ from settings.protection import (
     RateLimitSettings,
 )
 from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
-from settings.sections import ClientSettings, ProxySettings, ServerSettings
+from settings.sections import ClientSettings, ProxySettings, ServerSettings, UpstreamTlsSettings
 
 __all__ = [
     "AccessLogSettings",
@@ -33,5 +33,6 @@ __all__ = [
     "TimeoutSettings",
     "TlsSettings",
     "UpstreamSettings",
+    "UpstreamTlsSettings",
     "load_settings",
 ]

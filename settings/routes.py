@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from settings.balancing import BalancingSettings
 from settings.protection import IPFilterSettings, MiddlewareSettings, RateLimitPolicy
+from settings.sections import UpstreamTlsSettings
 
 MIB = 1024 * 1024
 
@@ -102,6 +103,9 @@ class RouteSettings(BaseModel):
     )
     timeouts: TimeoutSettings = Field(TimeoutSettings(), description="Upstream timeouts.")
     websocket: WebSocketSettings = Field(WebSocketSettings(), description="WebSocket sessions on this route.")
+    upstream_tls: UpstreamTlsSettings | None = Field(
+        None, description="This route's upstream TLS (CA bundle, client certificate) instead of `[client]`'s."
+    )
     balancing: BalancingSettings = Field(
         BalancingSettings(), description="Upstream selection, health checks, ejection and retries."
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from settings.protection import Network
 
@@ -40,8 +41,41 @@ class ProxySettings(BaseModel):
     )
 
 
-class ClientSettings(BaseModel):
-    """The shared upstream client's connection pool and TLS verification."""
+class UpstreamTlsSettings(BaseModel):
+    """How the gateway checks upstream certificates, and the certificate it shows upstreams that ask for one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verify: bool = Field(True, description="Verify upstream TLS certificates. Default true.")
+    ca_file: Path | None = Field(
+        None, description="PEM bundle of CAs to trust for upstreams instead of the system's (certifi). Default none."
+    )
+    certfile: Path | None = Field(
+        None, description="PEM client certificate for upstreams that require mutual TLS. Default none."
+    )
+    keyfile: Path | None = Field(None, description="PEM private key of `certfile`. Default none.")
+
+    @field_validator("ca_file", "certfile", "keyfile")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{str(path)!r} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _usable(self) -> Self:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: set both or neither")
+        if self.certfile is not None:
+            try:
+                ssl.create_default_context().load_cert_chain(self.certfile, self.keyfile)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ValueError(f"certfile and keyfile cannot be used together: {exc}") from None
+        return self
+
+
+class ClientSettings(UpstreamTlsSettings):
+    """The shared upstream client: its connection pool, and upstream TLS for routes without their own."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,14 +86,3 @@ class ClientSettings(BaseModel):
         200, ge=0, description="Most idle connections kept for reuse per upstream instance. Default 200."
     )
     keepalive_expiry: float = Field(30.0, ge=0, description="Seconds an idle upstream connection is kept. Default 30.")
-    verify: bool = Field(True, description="Verify upstream TLS certificates. Default true.")
-    ca_file: Path | None = Field(
-        None, description="PEM bundle of CAs to trust for upstreams instead of the system's (certifi). Default none."
-    )
-
-    @field_validator("ca_file")
-    @classmethod
-    def _readable_ca_file(cls, ca_file: Path | None) -> Path | None:
-        if ca_file is not None and not ca_file.is_file():
-            raise ValueError(f"{str(ca_file)!r} is not a readable file")
-        return ca_file

@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 import socketserver
+import ssl
 import struct
 import subprocess
 import sys
@@ -264,7 +265,17 @@ def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
         sock.close()
 
 
-def wait_for_health(url: str, process: subprocess.Popen[bytes], log: IO[bytes] | None = None) -> None:
+def free_port() -> int:
+    """A loopback port free right now (for servers that bind by number, such as `python -m gateway`)."""
+    sock = loopback_socket()
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def wait_for_health(
+    url: str, process: subprocess.Popen[bytes], log: IO[bytes] | None = None, verify: ssl.SSLContext | bool = True
+) -> None:
     """Wait until `url/_gateway/health` answers 200; fail with the process's stderr if it exits first."""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
@@ -275,7 +286,7 @@ def wait_for_health(url: str, process: subprocess.Popen[bytes], log: IO[bytes] |
                 output = log.read()
             raise RuntimeError(f"gateway exited: {output.decode(errors='replace')}")
         try:
-            if httpx.get(url + "/_gateway/health", timeout=1).status_code == 200:
+            if httpx.get(url + "/_gateway/health", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.05)

@@ -19,13 +19,18 @@ from gateway.transport.pool import OriginPool
 # Response extension holding the entire body when it arrived together with the head (most small
 # responses): the relay can then answer in one message instead of streaming.
 COMPLETE_BODY = "gateway.complete_body"
+# Request extension: the SSLContext for this request's upstream, when it is not the transport's own.
+TLS_CONTEXT = "gateway.tls_context"
 
 # Safe to send twice (RFC 9110 9.2.2): retried once when a reused connection turns out to be dead.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class RelayTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 to upstreams, one OriginPool per (scheme, host, port); pools are per worker process."""
+    """HTTP/1.1 to upstreams, one OriginPool per (scheme, host, port, TLS context); pools are per worker process.
+
+    A request may carry its own SSLContext in `extensions[TLS_CONTEXT]` (a route with its own upstream TLS).
+    """
 
     def __init__(self, *, verify: bool | ssl.SSLContext = True, limits: httpx.Limits | None = None) -> None:
         """`verify`: True (system CAs via certifi), an SSLContext, or False (no checks)."""
@@ -35,11 +40,12 @@ class RelayTransport(httpx.AsyncBaseTransport):
         self._idle_expiry = limits.keepalive_expiry or 0.0
         self._verify = verify
         self._ssl_context: ssl.SSLContext | None = None
-        self._pools: dict[tuple[bytes, bytes, int | None], OriginPool] = {}
+        self._pools: dict[tuple[bytes, bytes, int | None, ssl.SSLContext | None], OriginPool] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        pool = self._pools.get((url.raw_scheme, url.raw_host, url.port)) or self._new_pool(url)
+        tls = request.extensions.get(TLS_CONTEXT)
+        pool = self._pools.get((url.raw_scheme, url.raw_host, url.port, tls)) or self._new_pool(url, tls)
         timeouts = request.extensions.get("timeout", {})
         head = _request_head(request)
         body = request.stream
@@ -80,11 +86,13 @@ class RelayTransport(httpx.AsyncBaseTransport):
                 extensions={"http_version": b"HTTP/1.1"},
             )
 
-    def _new_pool(self, url: httpx.URL) -> OriginPool:
+    def _new_pool(self, url: httpx.URL, tls: ssl.SSLContext | None) -> OriginPool:
         if url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported upstream scheme {url.scheme!r}")
         ssl_context = None
-        if url.scheme == "https":
+        if url.scheme == "https" and tls is not None:
+            ssl_context = tls
+        elif url.scheme == "https":
             if self._ssl_context is None:
                 self._ssl_context = (
                     self._verify
@@ -100,7 +108,7 @@ class RelayTransport(httpx.AsyncBaseTransport):
             max_idle=self._max_idle,
             idle_expiry=self._idle_expiry,
         )
-        self._pools[(url.raw_scheme, url.raw_host, url.port)] = pool
+        self._pools[(url.raw_scheme, url.raw_host, url.port, tls)] = pool
         return pool
 
     async def aclose(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import WAIT, gateway_process, loopback_socket, scripted_upstream
+from tests.servers import WAIT, free_port, gateway_process, scripted_upstream
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
@@ -59,13 +59,6 @@ def redis_command(port: int, command: bytes) -> list[int]:
     lines = reply.split(b"\r\n")
     assert lines[0].startswith(b"*"), reply
     return [int(line[1:]) for line in lines[1:] if line.startswith(b":")]
-
-
-def free_port() -> int:
-    sock = loopback_socket()
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def gateway_env(upstream: str, redis_port: int, **limits: object) -> dict[str, str]:

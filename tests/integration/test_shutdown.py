@@ -1,0 +1,99 @@
+"""Graceful shutdown of `python -m gateway` on SIGTERM: in-flight requests finish, long streams end, exit 0."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from tests.servers import ROOT, WAIT, Received, UpstreamHandler, free_port, scripted_upstream, wait_for_health
+
+
+def slow_answer(handler: UpstreamHandler, request: Received) -> None:
+    time.sleep(1.5)
+    handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nfinished")
+
+
+def endless_stream(handler: UpstreamHandler, request: Received) -> None:
+    handler.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for number in range(300):  # at most 30 s
+        event = b"data: %d\n\n" % number
+        handler.write(b"%x\r\n%s\r\n" % (len(event), event))
+        time.sleep(0.1)
+
+
+def test_sigterm_finishes_in_flight_requests_ends_streams_and_exits_0() -> None:
+    port = free_port()
+    with scripted_upstream(slow_answer) as slow, scripted_upstream(endless_stream) as stream:
+        routes = [{"prefix": "/slow", "upstreams": [slow.url]}, {"prefix": "/events", "upstreams": [stream.url]}]
+        env = {
+            "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+            "GATEWAY_ROUTES": json.dumps(routes),
+            "GATEWAY_SERVER__GRACEFUL_SHUTDOWN_TIMEOUT": "3",
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_health(f"http://127.0.0.1:{port}", process)
+            events = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+            events.request("GET", "/events")
+            stream_response = events.getresponse()
+            first_event = stream_response.read1(64)
+            slow_result: list[httpx.Response] = []
+            in_flight = threading.Thread(
+                target=lambda: slow_result.append(httpx.get(f"http://127.0.0.1:{port}/slow", timeout=WAIT))
+            )
+            in_flight.start()
+            deadline = time.monotonic() + WAIT
+            while not slow.requests and time.monotonic() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            refused = _refuses_new_connections(port)
+            streamed = _read_until_closed(stream_response)
+            in_flight.join(WAIT)
+            code = process.wait(WAIT)
+        finally:
+            process.kill()
+            _, stderr = process.communicate(timeout=WAIT)
+    assert first_event.startswith(b"data: 0")
+    assert refused, "new connections are refused once shutdown starts"
+    assert slow_result and slow_result[0].status_code == 200 and slow_result[0].text == "finished"
+    assert b"data: " in streamed, "the stream kept flowing during the grace period, then ended"
+    assert code == 0
+    log = stderr.decode()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
+    assert "still open as the shutdown grace ends" in log
+
+
+def _refuses_new_connections(port: int) -> bool:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _read_until_closed(response: http.client.HTTPResponse) -> bytes:
+    received = b""
+    try:
+        while chunk := response.read1(65536):
+            received += chunk
+    except (http.client.IncompleteRead, ConnectionError) as exc:
+        received += getattr(exc, "partial", b"")
+    return received
