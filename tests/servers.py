@@ -273,6 +273,13 @@ def free_port() -> int:
     return port
 
 
+def python_m_gateway(*args: str, env: dict[str, str], stdout: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """`python -m gateway ARGS` from the project root, seeing only `env` (and a PATH to this Python)."""
+    full_env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin", **env}
+    command = [sys.executable, "-m", "gateway", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=stdout, stderr=subprocess.PIPE)
+
+
 def wait_for_health(
     url: str, process: subprocess.Popen[bytes], log: IO[bytes] | None = None, verify: ssl.SSLContext | bool = True
 ) -> None:

@@ -15,7 +15,7 @@ import pytest
 from gateway.server import server_options
 from settings import load_settings
 from settings.reference import END, START, reference
-from tests.servers import ROOT, WAIT, free_port, wait_for_health
+from tests.servers import ROOT, WAIT, free_port, python_m_gateway, wait_for_health
 
 
 def test_procfile_serves_on_port_keeps_idle_connections_and_stops_gracefully() -> None:
@@ -76,14 +76,7 @@ def test_readme_opens_with_the_run_and_test_commands() -> None:
 
 def test_demo_runs_the_example_topology_and_stops_on_ctrl_c() -> None:
     port = free_port()
-    env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = python_m_gateway("demo", "--port", str(port), env={})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(url, process)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 
-from tests.servers import ROOT, WAIT, Received, UpstreamHandler, free_port, scripted_upstream, wait_for_health
+from tests.servers import (
+    WAIT,
+    Received,
+    UpstreamHandler,
+    free_port,
+    python_m_gateway,
+    scripted_upstream,
+    wait_for_health,
+)
 
 
 def slow_answer(handler: UpstreamHandler, request: Received) -> None:
@@ -34,18 +39,8 @@ def test_sigterm_finishes_in_flight_requests_ends_streams_and_exits_0() -> None:
     port = free_port()
     with scripted_upstream(slow_answer) as slow, scripted_upstream(endless_stream) as stream:
         routes = [{"prefix": "/slow", "upstreams": [slow.url]}, {"prefix": "/events", "upstreams": [stream.url]}]
-        env = {
-            "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
-            "GATEWAY_ROUTES": json.dumps(routes),
-            "GATEWAY_SERVER__GRACEFUL_SHUTDOWN_TIMEOUT": "3",
-        }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        env = {"GATEWAY_ROUTES": json.dumps(routes), "GATEWAY_SERVER__GRACEFUL_SHUTDOWN_TIMEOUT": "3"}
+        process = python_m_gateway("serve", "--port", str(port), env=env)
         try:
             wait_for_health(f"http://127.0.0.1:{port}", process)
             events = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import signal
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from settings import SettingsError, TlsSettings, load_settings
-from tests.servers import ROOT, WAIT, ScriptedServer, free_port, scripted_upstream, wait_for_health
+from tests.servers import WAIT, ScriptedServer, free_port, python_m_gateway, scripted_upstream, wait_for_health
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +41,8 @@ def https_gateway(config: str, tmp_path: Path, verify: ssl.SSLContext) -> Iterat
     """`python -m gateway` with this TOML; yields its https URL once it answers a client using `verify`."""
     port = free_port()
     (tmp_path / "gateway.toml").write_text(config)
-    env = {
-        "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
-        "GATEWAY_CONFIG": str(tmp_path / "gateway.toml"),
-        "GATEWAY_SERVER__LOG_LEVEL": "warning",
-    }
-    command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {"GATEWAY_CONFIG": str(tmp_path / "gateway.toml"), "GATEWAY_SERVER__LOG_LEVEL": "warning"}
+    process = python_m_gateway("serve", "--port", str(port), env=env, stdout=subprocess.DEVNULL)
     url = f"https://127.0.0.1:{port}"
     try:
         wait_for_health(url, process, verify=verify)
@@ -182,15 +175,10 @@ def test_python_m_gateway_refuses_an_expired_certificate_with_one_line(ca: trust
     expired = ca.issue_cert("127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=1))
     expired.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     expired.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    env = {
-        "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
-        "GATEWAY_TLS__CERTFILE": str(tmp_path / "cert.pem"),
-        "GATEWAY_TLS__KEYFILE": str(tmp_path / "key.pem"),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, timeout=WAIT, check=False
-    )
-    assert result.returncode == 2
-    assert b"Traceback" not in result.stderr
-    assert result.stderr.decode().startswith("configuration error: tls: ")
-    assert b"expired on" in result.stderr
+    env = {"GATEWAY_TLS__CERTFILE": str(tmp_path / "cert.pem"), "GATEWAY_TLS__KEYFILE": str(tmp_path / "key.pem")}
+    process = python_m_gateway(env=env)
+    _, stderr = process.communicate(timeout=WAIT)
+    assert process.returncode == 2
+    assert b"Traceback" not in stderr
+    assert stderr.decode().startswith("configuration error: tls: ")
+    assert b"expired on" in stderr
