@@ -1,6 +1,6 @@
 """Cost of choosing an upstream instance, per policy, with 3 and 100 instances.
 
-python bench/balancers.py
+python -m bench.balancers
 """
 
 from __future__ import annotations

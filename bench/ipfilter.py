@@ -1,6 +1,6 @@
 """IP filter lookup cost against list size: prints µs per decision and memory for 10 to 10,000 networks.
 
-python bench/ipfilter.py
+python -m bench.ipfilter
 """
 
 from __future__ import annotations

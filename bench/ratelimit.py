@@ -1,6 +1,6 @@
 """Rate-limiter cost: µs per decision and memory per tracked client, memory store and Redis.
 
-python bench/ratelimit.py            # Redis part runs when redis-server is installed
+python -m bench.ratelimit            # Redis part runs when redis-server is installed
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
--- wrk script for bench/run.py: an optional POST body (BODY_BYTES) and one JSON line with the summary.
+-- wrk script for bench/: an optional POST body (BODY_BYTES), a new connection per request (NEW_CONNECTIONS=1),
+-- and one JSON line with the summary.
 local size = tonumber(os.getenv("BODY_BYTES") or "0")
+if os.getenv("NEW_CONNECTIONS") == "1" then
+  wrk.headers["Connection"] = "close"
+end
 if size > 0 then
   wrk.method = "POST"
   wrk.body = string.rep("b", size)

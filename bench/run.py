@@ -1,6 +1,6 @@
 """Relay benchmark: the same wrk load straight at a fast origin and through the gateway, in one run.
 
-    python bench/run.py [--duration 5] [--scenarios small-c16,small-c128,get-1mib-c16,post-64kib-c16]
+    python -m bench.run [--duration 5] [--scenarios small-c16,small-c128,get-1mib-c16,post-64kib-c16]
 
 Needs wrk (and uses nginx as the origin when installed; otherwise a uvicorn origin). Everything listens on
 127.0.0.1. The gateway runs pinned to CPU 0, origin and wrk to CPU 1 (when `taskset` exists), so that
@@ -36,6 +36,7 @@ class Scenario:
     path: str
     connections: int
     body_bytes: int = 0
+    new_connections: bool = False  # "Connection: close" on every request: one connection (handshake) each
 
 
 SCENARIOS = {
@@ -133,7 +134,7 @@ def wait_until_up(url: str) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.TransportError):
-            httpx.get(url, timeout=1)
+            httpx.get(url, timeout=1, verify=False)  # https peers use throwaway certificates
             return
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
@@ -186,7 +187,7 @@ def process_tree_cpu(pid: int) -> float:
 
 
 def load(url: str, scenario: Scenario, duration: int) -> dict[str, float]:
-    env = {**os.environ, "BODY_BYTES": str(scenario.body_bytes)}
+    env = {**os.environ, "BODY_BYTES": str(scenario.body_bytes), "NEW_CONNECTIONS": str(int(scenario.new_connections))}
     command = ["wrk", "-t1", f"-c{scenario.connections}", f"-d{duration}s", "--timeout", "5s"]
     command += ["-s", str(Path(__file__).with_name("report.lua")), url + scenario.path]
     output = subprocess.run(pinned("1", command), env=env, capture_output=True, text=True, check=True).stdout
@@ -207,6 +208,7 @@ def measure(url: str, scenario: Scenario, duration: int, pid: int | None) -> dic
 
 def gateway_command(port: int, workers: int) -> list[str]:
     command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--http", "gateway.server:EdgeProtocol"]  # as `python -m gateway` serves: [limits] enforced
     command += ["--no-proxy-headers", "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
     return pinned(os.environ.get("PROXY_CPU", "0"), command)
 

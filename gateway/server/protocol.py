@@ -34,6 +34,8 @@ from settings import LimitsSettings, load_settings
 
 logger = logging.getLogger("gateway.server")
 
+# Headers the framing checks look at (Expect: uvicorn's own on_header, which the edge protocol replaces).
+_FRAMING_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect"})
 # Seconds before uvicorn's graceful-shutdown deadline at which the gateway ends exchanges still open itself.
 SHUTDOWN_MARGIN = 0.5
 # RFC 9110 section 7.2: Host = uri-host [ ":" port ]; an empty value is allowed.
@@ -90,9 +92,14 @@ class EdgeProtocol(HttpToolsProtocol):
         self._body_window = limits.body_timeout
         self._body_window_minimum = limits.body_min_rate * limits.body_timeout
         self._refusal: Refusal | None = None
-        self._reading_head = True
-        self._head_bytes = 0  # raw bytes received while the head is incomplete
-        self._header_count = 0
+        # Per request, gathered as the parser hands over the head (so that the checks cost no second pass):
+        self._reading_head = False  # between the first byte of a request and the end of its head
+        self._head_bytes = 0  # raw bytes received in earlier chunks while the head is incomplete
+        self._chunk_bytes = 0  # the chunk being parsed
+        self._hosts: list[bytes] = []
+        self._valid_host = b""
+        self._codings: list[bytes] = []
+        self._has_body = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._window_bytes = 0
@@ -109,13 +116,17 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        reading_head = self._reading_head
+        self._chunk_bytes = len(data)
         super().data_received(data)
-        # httptools buffers a header line until it ends, so an endless line is cut by counting raw bytes.
-        if reading_head and self._reading_head and not self.transport.is_closing():
+        if self._reading_head and not self.transport.is_closing():
+            # The head is still incomplete. httptools buffers a header line until it ends, so an endless line is
+            # cut by counting raw bytes; the deadline is armed only now, so that a head arriving whole (nearly
+            # every request) costs no timer.
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head:
                 self._refuse_now(HEAD_TOO_LARGE)
+            else:
+                self._arm_head_timer()
 
     def send_400_response(self, msg: str) -> None:
         refusal = self._refusal or BAD_FRAMING
@@ -145,32 +156,48 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        self._header_count = 0
-        self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
-        if len(self.url) + len(url) > self._max_target:
+        self.url += url
+        if len(self.url) > self._max_target:
             self._refuse(TARGET_TOO_LONG)
-        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._max_headers:
-            self._refuse(TOO_MANY_HEADERS)
-        super().on_header(name, value)
+        # uvicorn's on_header, inlined (it runs for every header of every request); the few headers the checks
+        # need are picked out with one set lookup.
+        name = name.lower()
+        self.headers.append((name, value))
+        if name in _FRAMING_HEADERS:
+            self._note_framing_header(name, value)
+
+    def _note_framing_header(self, name: bytes, value: bytes) -> None:
+        if name == b"host":
+            self._hosts.append(value)
+        elif name == b"content-length":
+            self._has_body = value.strip(b"0") != b""
+        elif name == b"transfer-encoding":
+            self._codings.append(value)
+            self._has_body = True
+        elif value.lower() == b"100-continue":
+            self.expect_100_continue = True
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
-        self._head_bytes = 0
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._cancel_head_timer()
         refusal = self._framing_problem()
         if refusal is not None:
             self._refuse(refusal)
         super().on_headers_complete()
-        if self._expects_body():
+        if self._has_body:
             self._window_bytes = 0
             self._window_held = False
             self._body_timer = self.loop.call_later(self._body_window, self._check_body_progress)
+        self._head_bytes = 0
+        self._has_body = False
+        if self._codings:
+            self._codings = []
+        self._hosts = []
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -179,37 +206,39 @@ class EdgeProtocol(HttpToolsProtocol):
             self._window_held = True
 
     def on_message_complete(self) -> None:
-        self._cancel_body_timer()
+        if self._body_timer is not None:
+            self._cancel_body_timer()
         super().on_message_complete()
 
     # Checks
 
     def _framing_problem(self) -> Refusal | None:
         version = self.parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        if version != "1.1" and version != "1.0":
             return BAD_VERSION
-        hosts = [value for name, value in self.headers if name == b"host"]
-        if len(hosts) > 1 or (version == "1.1" and not hosts) or (hosts and not _VALID_HOST.fullmatch(hosts[0])):
+        hosts = self._hosts
+        if len(hosts) != 1 and (hosts or version == "1.1"):
             return BAD_HOST
-        codings = [value for name, value in self.headers if name == b"transfer-encoding"]
-        if codings:
+        if hosts and hosts[0] != self._valid_host:
+            if not _VALID_HOST.fullmatch(hosts[0]):
+                return BAD_HOST
+            self._valid_host = hosts[0]  # keep-alive requests nearly always repeat it
+        if self._codings:
             # RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
             if version == "1.0":
                 return BAD_FRAMING
             # Any coding but chunked would reach the upstream undeclared once the framing is rewritten.
-            if b",".join(codings).strip().lower() != b"chunked":
+            if b",".join(self._codings).strip().lower() != b"chunked":
                 return UNSUPPORTED_CODING
-        # Head size: llhttp hands over each header whole, so the sum is exact once the head is complete.
-        head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if head > self._max_head:
-            return HEAD_TOO_LARGE
+        if len(self.headers) > self._max_headers:
+            return TOO_MANY_HEADERS
+        # The head came in the bytes counted so far plus the current chunk; only when those exceed the limit
+        # (a body in the same chunk) is the exact size worth adding up.
+        if self._head_bytes + self._chunk_bytes > self._max_head:
+            head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if head > self._max_head:
+                return HEAD_TOO_LARGE
         return None
-
-    def _expects_body(self) -> bool:
-        for name, value in self.headers:
-            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0") != b""):
-                return True
-        return False
 
     def _check_body_progress(self) -> None:
         self._body_timer = None
