@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import httpx
-from starlette.types import Send
+from starlette.types import Scope, Send
+
+from gateway import scope as keys
 
 
 class BadRequest(Exception):
@@ -88,3 +90,24 @@ async def send_problem(
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def refuse(
+    scope: Scope, send: Send, status: int, detail: str, extra_headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Refuse an HTTP request, or a WebSocket handshake: as an HTTP answer where the server supports ASGI's
+    denial response (uvicorn does), else by closing before accepting (the server answers 403)."""
+    request_id = scope.get(keys.REQUEST_ID, "")
+    if scope["type"] == "http":
+        await send_problem(send, status, detail, request_id, extra_headers)
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        body = problem_body(status, detail, request_id)
+        headers = [
+            (b"content-type", PROBLEM_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            *extra_headers,
+        ]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1011 if status >= 500 else 1008})

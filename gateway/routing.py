@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import scope as keys
-from gateway.errors import send_problem
+from gateway.errors import refuse
 from gateway.paths import BadTarget, routing_path
 
 GATEWAY_PREFIX = b"/_gateway"
@@ -72,7 +72,4 @@ class GatewayRouter:
 
 async def _refuse(scope: Scope, send: Send, reason: str, status: int, detail: str) -> None:
     scope[keys.REASON] = reason
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    await send_problem(send, status, detail, scope.get(keys.REQUEST_ID, ""))
+    await refuse(scope, send, status, detail)

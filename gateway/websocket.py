@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway import scope as keys
-from gateway.errors import problem_body
+from gateway.errors import refuse
 from gateway.headers import FORWARDING, HOP_BY_HOP, connection_named
 from gateway.paths import strip_segments, url_safe
 from gateway.upstreams import Upstream, UpstreamPool
@@ -50,7 +50,7 @@ class WebSocketRelay:
             return
         upstream = self._pool.choose()
         if upstream is None:
-            await _refuse(scope, send, 503, "No upstream instance is available right now.")
+            await refuse(scope, send, 503, "No upstream instance is available right now.")
             return
         scope[keys.UPSTREAM] = upstream.url
         try:
@@ -68,12 +68,12 @@ class WebSocketRelay:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            await _refuse(scope, send, status, "The upstream refused the WebSocket handshake.")
+            await refuse(scope, send, status, "The upstream refused the WebSocket handshake.")
             return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             logger.error("WebSocket to %s failed: %s", upstream.url, type(exc).__name__)
             self._pool.record_failure(upstream)
-            await _refuse(scope, send, 502, "The upstream could not be reached.")
+            await refuse(scope, send, 502, "The upstream could not be reached.")
             return
         await send({"type": "websocket.accept", "subprotocol": connection.subprotocol})
         upstream.in_flight += 1
@@ -194,14 +194,3 @@ async def _upstream_to_client(connection: ClientConnection, send: Send, upstream
         logger.warning("upstream %s dropped a WebSocket session", upstream.url)
         reason = "upstream went away"
     await send({"type": "websocket.close", "code": _UNSENDABLE.get(code, code), "reason": reason})
-
-
-async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
-    """An HTTP answer to the handshake where the server supports it (ASGI's denial response), else close."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        body = problem_body(status, detail, scope.get(keys.REQUEST_ID, ""))
-        headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1011 if status >= 500 else 1008})

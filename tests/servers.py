@@ -244,7 +244,9 @@ def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
     sock = loopback_socket()
     sock.listen(128)
     command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--fd", str(sock.fileno())]
-    command += ["--http", "gateway.server:EdgeProtocol", "--no-proxy-headers", "--log-level", "warning", *args]
+    command += ["--http", "gateway.server:EdgeProtocol", "--ws-per-message-deflate", "false"]
+    command += ["--no-proxy-headers"]
+    command += ["--log-level", "warning", *args]
     full_env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
     full_env.update(env)
     log, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()

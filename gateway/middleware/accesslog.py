@@ -1,4 +1,4 @@
-"""The access log: one record per exchange on logger `gateway.access`, rejections included."""
+"""The access log: one record per exchange (or WebSocket session) on logger `gateway.access`, refusals included."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class AccessLogMiddleware:
         self._quiet_routes = frozenset(quiet_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and logger.isEnabledFor(logging.INFO):
+            await self._websocket_session(scope, receive, send)
+            return
         if scope["type"] != "http" or not logger.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
@@ -57,6 +60,43 @@ class AccessLogMiddleware:
             if scope.get(keys.ROUTE) not in self._quiet_routes:
                 _log(scope, counts, timings, started)
 
+    async def _websocket_session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One record per session, when it ends: status 101 once accepted (or the handshake's refusal), bytes
+        of message payloads each way, and the whole session's duration."""
+        started = time.perf_counter()
+        counts = {"status": 0, "in": 0, "out": 0, "complete": 1}
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                counts["in"] += _payload_size(message)
+            return message
+
+        async def counting_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "websocket.send":
+                counts["out"] += _payload_size(message)
+            elif kind == "websocket.accept":
+                counts["status"] = 101
+            elif kind == "websocket.http.response.start":
+                counts["status"] = message["status"]
+            elif kind == "websocket.close" and not counts["status"]:
+                counts["status"] = 403  # closed before accepting: the server refuses the handshake with 403
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            if scope.get(keys.ROUTE) not in self._quiet_routes:
+                _log(scope, counts, {}, started)
+
+
+def _payload_size(message: Message) -> int:
+    data = message.get("bytes")
+    if data is not None:
+        return len(data)
+    return len(message.get("text") or "")  # characters: close enough to bytes for a log, and cheap
+
 
 def _log(scope: Scope, counts: dict[str, int], timings: dict[str, float], started: float) -> None:
     reason = scope.get(keys.REASON)
@@ -68,7 +108,7 @@ def _log(scope: Scope, counts: dict[str, int], timings: dict[str, float], starte
     fields: dict[str, Any] = {
         "request_id": scope.get(keys.REQUEST_ID, ""),
         "client_ip": scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else ""),
-        "method": scope["method"],
+        "method": scope.get("method", "GET"),  # a WebSocket handshake is a GET
         "path": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
         "query": bool(scope["query_string"]),
         "route": scope.get(keys.ROUTE),

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import scope as keys
-from gateway.errors import send_problem
+from gateway.errors import refuse
 from gateway.netset import Network, NetworkSet
 
 
@@ -37,9 +37,4 @@ class IPFilterMiddleware:
             await self.app(scope, receive, send)
             return
         scope[keys.REASON] = "ip_filter"
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        await send_problem(
-            send, 403, "Requests from your address are not allowed here.", scope.get(keys.REQUEST_ID, "")
-        )
+        await refuse(scope, send, 403, "Requests from your address are not allowed here.")

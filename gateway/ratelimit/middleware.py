@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import scope as keys
-from gateway.errors import send_problem
+from gateway.errors import refuse
 from gateway.netset import NetworkSet
 from gateway.ratelimit.buckets import Decision, Store
 from settings import RateLimitPolicy
@@ -83,19 +83,19 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The gateway's own endpoints (health checks from a platform) are never limited.
-        if scope["type"] != "http" or scope["path"].startswith(GATEWAY_ENDPOINTS):
+        if scope["type"] not in ("http", "websocket") or scope["path"].startswith(GATEWAY_ENDPOINTS):
             await self.app(scope, receive, send)
             return
         client = scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else "")
         tightest: tuple[Policy, Decision] | None = None
         for policy in self._policies:
-            if not policy.applies(scope["method"], client):
+            if not policy.applies(scope.get("method", "GET"), client):  # a WebSocket handshake is a GET
                 continue
             decision = await self._store.hit(policy.bucket(scope, client), policy.interval, policy.capacity)
             if decision is None:
                 if self._fail_closed:
                     scope[keys.REASON] = "rate_limit_store"
-                    await send_problem(send, 503, "Rate limiting is unavailable.", scope.get(keys.REQUEST_ID, ""))
+                    await refuse(scope, send, 503, "Rate limiting is unavailable.")
                     return
                 continue
             if not decision.allowed:
@@ -120,4 +120,4 @@ class RateLimitMiddleware:
         retry_after = max(1, math.ceil(decision.retry_after))
         headers = [(b"retry-after", str(retry_after).encode()), *policy.header_values(decision)]
         detail = f"Too many requests; retry after {retry_after} s."
-        await send_problem(send, 429, detail, scope.get(keys.REQUEST_ID, ""), headers)
+        await refuse(scope, send, 429, detail, headers)

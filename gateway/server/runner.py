@@ -17,6 +17,7 @@ from settings import GatewaySettings, LimitsSettings
 
 APP = "gateway.main:app"  # an import string, so that each worker process builds its own app (pools are per worker)
 STARTUP_FAILURE = 3  # uvicorn's exit status when it could not start
+DEFAULT_WS_SIZE = 16 * 1024 * 1024
 
 
 class GatewayConfig(uvicorn.Config):
@@ -40,6 +41,11 @@ def server_options(settings: GatewaySettings, *, host: str | None = None, port: 
         workers=server.workers,
         http=EdgeProtocol,
         limit_concurrency=settings.limits.max_connections,
+        # uvicorn refuses (1009) a client message over the largest any route accepts, before buffering it whole.
+        # No permessage-deflate towards clients: one read of compressed frames can inflate to hundreds of MiB
+        # (uvicorn parses every frame of a read before pausing), and upstream legs are uncompressed anyway.
+        ws_per_message_deflate=False,
+        ws_max_size=max((route.websocket.max_message_bytes for route in settings.routes), default=DEFAULT_WS_SIZE),
         timeout_keep_alive=int(server.keepalive_timeout),
         timeout_graceful_shutdown=int(server.graceful_shutdown_timeout),
         ssl_context_factory=ContextFactory(settings.tls) if settings.tls.enabled else None,
@@ -97,6 +103,7 @@ def _redirect_server(settings: GatewaySettings, config: GatewayConfig) -> _Redir
         port=settings.tls.redirect_http_port,
         http=EdgeProtocol,
         lifespan="off",
+        ws="none",  # the redirect listener answers WebSocket handshakes with plain HTTP
         limit_concurrency=settings.limits.max_connections,
         timeout_keep_alive=config.timeout_keep_alive,
         proxy_headers=False,

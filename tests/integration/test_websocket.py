@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import ssl
 import threading
 import time
@@ -19,7 +21,11 @@ from websockets.http11 import Request, Response
 
 from gateway import create_app
 from tests.conftest import settings_with
-from tests.servers import serve_app
+from tests.servers import gateway_process, serve_app
+
+MEBIBYTE = b"m" * (1 << 20)
+STALL = 3.0  # seconds a stalled side stops reading
+BUDGET_KIB = 64 * 1024  # the gateway may grow by less than 64 MiB while relaying 200 MiB
 
 
 async def echo(connection: ServerConnection) -> None:
@@ -35,6 +41,16 @@ async def echo(connection: ServerConnection) -> None:
                 return
             if isinstance(message, str) and message.startswith("big:"):
                 await connection.send(b"y" * int(message[4:]))
+                continue
+            if isinstance(message, str) and message.startswith("flood:"):  # n messages of 1 MiB, at once
+                for _ in range(int(message[6:])):
+                    await connection.send(MEBIBYTE)
+                continue
+            if isinstance(message, str) and message.startswith("sink:"):  # stall 3 s, then read n messages
+                await asyncio.sleep(STALL)
+                for _ in range(int(message[5:])):
+                    await connection.recv()
+                await connection.send(f"got {message[5:]}")
                 continue
             if message == "whoami":
                 request = connection.request
@@ -160,10 +176,14 @@ def test_close_codes_pass_both_ways() -> None:
 
 async def handshake_status(url: str) -> int:
     """The HTTP status a refused WebSocket handshake was answered with."""
+    return (await refused_handshake(url)).status_code
+
+
+async def refused_handshake(url: str) -> Response:
     with pytest.raises(InvalidStatus) as refused:
         async with connect(url):
             pass
-    return refused.value.response.status_code
+    return refused.value.response
 
 
 def test_upstream_refusal_reaches_the_client_as_http() -> None:
@@ -229,3 +249,70 @@ def test_wss_upstream_verified_against_the_configured_ca(tmp_path: Path) -> None
             assert run(session(url)) == "over tls"
         with gateway_to(secure) as url:  # the system CAs do not know this one: refused, never downgraded
             assert run(handshake_status(url + "/ws/")) == 502
+
+
+def test_sessions_pass_the_same_rate_limit_ip_filter_and_access_log_as_http(caplog: pytest.LogCaptureFixture) -> None:
+    async def session(url: str) -> None:
+        async with connect(url + "/ws/room") as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\x00" * 10)
+            assert await ws.recv() == b"\x00" * 10
+
+    limited = {"rate_limit": [{"name": "handshakes", "rate": 0.001, "burst": 1}]}
+    with echo_upstream() as (upstream, _), caplog.at_level(logging.INFO, logger="gateway.access"):
+        with gateway_to(upstream, **limited) as url:
+            run(session(url))
+            over_limit = run(refused_handshake(url + "/ws/room"))
+        with gateway_to(upstream, ip_filter={"deny": ["127.0.0.0/8"]}) as url:
+            filtered = run(handshake_status(url + "/ws/room"))
+        deadline = time.monotonic() + 5
+        while len(access_records(caplog)) < 3 and time.monotonic() < deadline:  # written as each session ends
+            time.sleep(0.02)
+    assert isinstance(over_limit, Response)
+    assert over_limit.status_code == 429 and over_limit.headers["retry-after"]
+    assert filtered == 403
+    by_status = {record["status"]: record for record in access_records(caplog)}
+    assert set(by_status) == {101, 429, 403}
+    accepted = by_status[101]
+    assert (accepted["method"], accepted["path"], accepted["route"]) == ("GET", "/ws/room", "/ws")
+    assert accepted["upstream"] == upstream and (accepted["bytes_in"], accepted["bytes_out"]) == (15, 15)
+    assert (by_status[429]["reason"], by_status[403]["reason"]) == ("rate_limit", "ip_filter")
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [record.msg for record in caplog.records if record.name == "gateway.access"]  # type: ignore[misc]
+
+
+@pytest.mark.slow
+def test_200_mib_each_way_past_a_stalled_reader_keeps_gateway_memory_bounded() -> None:
+    """The client stalls while the upstream floods it, then the upstream stalls while the client floods it."""
+
+    async def download(url: str) -> int:
+        async with connect(url + "/ws/", max_size=2 << 20, max_queue=1) as ws:
+            await ws.send("flood:200")
+            await asyncio.sleep(STALL)  # not reading: back-pressure must reach the upstream
+            return sum([len(await ws.recv()) for _ in range(200)])  # type: ignore[arg-type]
+
+    async def upload(url: str) -> str | bytes:
+        async with connect(url + "/ws/", max_size=2 << 20) as ws:
+            # Offered by default, refused: a few KiB of deflated frames could inflate to 200 MiB in one read.
+            assert ws.response is not None and "sec-websocket-extensions" not in ws.response.headers
+            await ws.send("sink:200")
+            for _ in range(200):
+                await ws.send(MEBIBYTE)  # waits whenever the stalled upstream's side is full
+            return await ws.recv()
+
+    with echo_upstream() as (upstream, _):
+        routes = [{"prefix": "/ws", "upstreams": [upstream], "strip_prefix": True}]
+        with gateway_process({"GATEWAY_ROUTES": json.dumps(routes)}) as gateway:
+            url = gateway.url.replace("http://", "ws://")
+            before = gateway.rss_kib()
+            received = run(download(url))
+            after_download = gateway.peak_rss_kib() - before
+            answer = run(upload(url))
+            growth = gateway.peak_rss_kib() - before
+    assert received == 200 << 20
+    assert answer == "got 200"
+    assert after_download < BUDGET_KIB, f"gateway grew by {after_download} KiB relaying to a stalled client"
+    assert growth < BUDGET_KIB, f"gateway grew by {growth} KiB relaying to a stalled upstream"
