@@ -47,6 +47,7 @@ class Exchange:
         "_watcher",
         "body_started",
         "client_gone",
+        "head_deadline",
         "receive",
         "response_started",
         "send",
@@ -60,6 +61,7 @@ class Exchange:
         self.response_started = False
         self.body_started = False  # a byte of the client's body was taken: the request cannot be replayed
         self.client_gone = False
+        self.head_deadline: asyncio.Timeout | None = None  # lifted once the response head is relayed
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -115,7 +117,7 @@ class ProxyEndpoint:
         self._strip = route.strip_prefix and route.prefix != "/"
         self._preserve_host = route.preserve_host
         self._max_body = route.max_body_bytes
-        self._total = route.timeouts.total
+        self._head_deadline = route.timeouts.response_header
         self._timeouts = {
             "connect": route.timeouts.connect,
             "read": route.timeouts.read,
@@ -134,10 +136,11 @@ class ProxyEndpoint:
         exchange = Exchange(receive, send)
         try:
             try:
-                if self._total is None:
+                if self._head_deadline is None:
                     await self._relay(scope, exchange)
                 else:
-                    async with asyncio.timeout(self._total):
+                    async with asyncio.timeout(self._head_deadline) as deadline:
+                        exchange.head_deadline = deadline
                         await self._relay(scope, exchange)
             finally:
                 exchange.stop_watching()
@@ -270,6 +273,8 @@ class ProxyEndpoint:
                 }
             )
             exchange.response_started = True
+            if exchange.head_deadline is not None:
+                exchange.head_deadline.reschedule(None)  # the body is bounded by `read` between chunks
             complete_body = response.extensions.get(COMPLETE_BODY)
             if complete_body is not None:
                 await exchange.send({"type": "http.response.body", "body": complete_body, "more_body": False})

@@ -55,7 +55,8 @@ Upstream = Annotated[UpstreamSettings, BeforeValidator(_upstream_from_shorthand)
 
 
 class TimeoutSettings(BaseModel):
-    """Upstream timeouts in seconds; `null`/unset `total` means no overall deadline."""
+    """Upstream timeouts in seconds. A response body is bounded by `read` between chunks, never by a deadline for
+    the whole exchange, so long streams (server-sent events, long polling) live as long as data flows."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,8 +64,11 @@ class TimeoutSettings(BaseModel):
     read: float = Field(30.0, gt=0, description="Seconds to wait for each read from the upstream. Default 30.")
     write: float = Field(30.0, gt=0, description="Seconds to wait for each write to the upstream. Default 30.")
     pool: float = Field(5.0, gt=0, description="Seconds to wait for a free pooled connection. Default 5.")
-    total: float | None = Field(
-        None, gt=0, description="Deadline in seconds for the whole exchange, body included. Default none."
+    response_header: float | None = Field(
+        None,
+        gt=0,
+        description="Deadline for the upstream's response head, from the start of the exchange (connecting, "
+        "sending the body and retries included); then 504. Default none.",
     )
 
 

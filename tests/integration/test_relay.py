@@ -189,23 +189,25 @@ def test_default_configuration_answers_something_real() -> None:
     assert (ROOT / "settings" / "welcome" / "index.html").is_file()
 
 
-def test_streamed_events_reach_the_client_before_the_upstream_finishes() -> None:
-    """The upstream sends one event, then waits until the client has it before sending the next: a gateway
-    that buffered would deadlock here (until the bounded wait gives up)."""
-    client_has_event = threading.Event()
+def test_streamed_events_reach_the_client_one_by_one_as_the_upstream_writes_them() -> None:
+    """The upstream writes each of five events only once the client has the previous one: a gateway that
+    buffered any of them would deadlock here (until the bounded wait gives up and marks the event)."""
+    delivered = [threading.Event() for _ in range(5)]
 
     def events(handler: UpstreamHandler, request: Received) -> None:
         handler.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-        first = b"data: one\n\n"
-        handler.write(b"%x\r\n%s\r\n" % (len(first), first))
-        released = client_has_event.wait(10)
-        last = b"data: two\n\n" if released else b"data: buffered!\n\n"
-        handler.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last))
+        for number, seen in enumerate(delivered):
+            event = b"data: %d\n\n" % number
+            handler.write(b"%x\r\n%s\r\n" % (len(event), event))
+            if not seen.wait(10):
+                handler.write(b"11\r\ndata: buffered!\n\n\r\n")
+        handler.write(b"0\r\n\r\n")
 
+    received = []
     with scripted_upstream(events) as upstream, gateway({"prefix": "/", "upstreams": [upstream.url]}) as url:
         with httpx.stream("GET", url + "/events", timeout=20) as response:
-            stream = response.iter_raw()
-            assert next(stream) == b"data: one\n\n"
-            client_has_event.set()
-            rest = b"".join(stream)
-    assert rest == b"data: two\n\n"
+            for number, chunk in enumerate(response.iter_raw()):
+                received.append(chunk)
+                if number < len(delivered):
+                    delivered[number].set()
+    assert received == [b"data: %d\n\n" % number for number in range(5)]

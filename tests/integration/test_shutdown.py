@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import signal
 import socket
+import subprocess
 import threading
 import time
 
 import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from tests.integration.test_websocket import echo_upstream
 from tests.servers import (
     WAIT,
     Received,
@@ -92,3 +98,35 @@ def _read_until_closed(response: http.client.HTTPResponse) -> bytes:
     except (http.client.IncompleteRead, ConnectionError) as exc:
         received += getattr(exc, "partial", b"")
     return received
+
+
+def test_sigterm_closes_websocket_sessions_with_1012_so_clients_reconnect_elsewhere() -> None:
+    """uvicorn's behaviour, kept: a session has no natural end to wait for, and 1012 says "service restart"."""
+
+    async def session(url: str, process: subprocess.Popen[bytes]) -> tuple[int | None, str]:
+        async with connect(url + "/ws/") as ws:
+            await ws.send("hello")
+            echoed = await ws.recv()
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), WAIT)
+            return ws.close_code, str(echoed)
+
+    port = free_port()
+    with echo_upstream() as (upstream, upstream_codes):
+        routes = [{"prefix": "/ws", "upstreams": [upstream], "strip_prefix": True}]
+        process = python_m_gateway("serve", "--port", str(port), env={"GATEWAY_ROUTES": json.dumps(routes)})
+        try:
+            wait_for_health(f"http://127.0.0.1:{port}", process)
+            code, echoed = asyncio.run(session(f"ws://127.0.0.1:{port}", process))
+            exit_code = process.wait(WAIT)
+        finally:
+            process.kill()
+            process.communicate(timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while not upstream_codes and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert echoed == "hello"
+    assert code == 1012
+    assert upstream_codes == [1012], "the upstream session is closed with the same code"
+    assert exit_code == 0

@@ -37,7 +37,7 @@ upstreams = ["http://127.0.0.1:3001", { url = "http://127.0.0.1:3002/v1", weight
 strip_prefix = true
 [routes.timeouts]
 connect = 1.5
-total = 60
+response_header = 60
 [[routes]]
 prefix = "/static"
 static_dir = "files"
@@ -50,7 +50,7 @@ static_dir = "files"
     assert api.prefix == "/api"
     assert [(u.url, u.weight) for u in api.upstreams] == [("http://127.0.0.1:3001", 1), ("http://127.0.0.1:3002/v1", 2)]
     assert api.timeouts.connect == 1.5
-    assert api.timeouts.total == 60
+    assert api.timeouts.response_header == 60
     assert api.timeouts.read == 30
     assert static.static_dir == tmp_path / "files"
 
