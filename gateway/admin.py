@@ -1,10 +1,16 @@
-"""The gateway's own endpoints under `/_gateway/`: never proxied, matched before any route."""
+"""The gateway's own endpoints under `/_gateway/`: never proxied, matched before any route.
+
+`/_gateway/health` is open (platform health checks). Everything else is guarded by `[admin]`: loopback only
+by default; an `allow` list of networks and/or a bearer `token` open it to others.
+"""
 
 from __future__ import annotations
 
+import hmac
+import re
 import time
-from collections.abc import Mapping
-from ipaddress import ip_address
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,7 +19,14 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import scope as keys
 from gateway.errors import PROBLEM_TYPE, problem_body, send_problem
+from gateway.metrics import GatewayMetrics
+from gateway.netset import NetworkSet
 from gateway.upstreams import UpstreamPool
+from settings import AdminSettings, GatewaySettings
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+# scheme://user:password@host -> scheme://user:***@host, for URLs anywhere in the effective configuration.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?P<tail>@)", re.IGNORECASE)
 
 
 async def health(request: Request) -> Response:
@@ -26,27 +39,94 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     await send_problem(send, 404, "No such gateway endpoint.", scope.get(keys.REQUEST_ID, ""))
 
 
-def _from_loopback(request: Request) -> bool:
-    client = request.scope.get(keys.CLIENT_IP) or (request.client.host if request.client else "")
-    try:
-        return ip_address(client).is_loopback
-    except ValueError:
-        return False
+class AdminGuard:
+    """Decides who may call a guarded endpoint: an allowed address, and the bearer token when one is set."""
+
+    def __init__(self, settings: AdminSettings) -> None:
+        networks = settings.networks
+        self._networks = None if networks is None else NetworkSet(networks)
+        self._token = settings.token.get_secret_value().encode() if settings.token is not None else None
+
+    def refusal(self, request: Request) -> Response | None:
+        """None when allowed, else the 403 or 401 answer."""
+        request_id = request.scope.get(keys.REQUEST_ID, "")
+        client = request.scope.get(keys.CLIENT_IP) or (request.client.host if request.client else "")
+        if self._networks is not None and not self._networks.contains(client):
+            body = problem_body(403, "Gateway endpoints are not open to your address.", request_id)
+            return Response(body, 403, media_type=PROBLEM_TYPE)
+        if self._token is not None:
+            scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), self._token):
+                body = problem_body(401, "A valid bearer token is required.", request_id)
+                return Response(body, 401, media_type=PROBLEM_TYPE, headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    def protect(self, endpoint: Endpoint) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            return self.refusal(request) or await endpoint(request)
+
+        return guarded
 
 
-def gateway_routes(pools: Mapping[str, UpstreamPool]) -> list[BaseRoute]:
+def redacted(settings: GatewaySettings) -> dict[str, Any]:
+    """The effective configuration as JSON, secrets masked (SecretStr fields, passwords inside URLs)."""
+    masked: dict[str, Any] = _mask_urls(settings.model_dump(mode="json"))
+    return masked
+
+
+def _mask_urls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _mask_urls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(item) for item in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>***\g<tail>", value)
+    return value
+
+
+def route_table(settings: GatewaySettings) -> list[dict[str, Any]]:
+    """Routes as the router sees them: longest prefix first."""
+    table = []
+    for route in sorted(settings.routes, key=lambda route: len(route.prefix), reverse=True):
+        table.append(
+            {
+                "prefix": route.prefix,
+                "upstreams": [{"url": upstream.url, "weight": upstream.weight} for upstream in route.upstreams],
+                "static_dir": str(route.static_dir) if route.static_dir is not None else None,
+                "strip_prefix": route.strip_prefix,
+                "balancing": route.balancing.policy,
+                "middleware": [str(item.factory) for item in route.middleware],
+            }
+        )
+    return table
+
+
+def gateway_routes(
+    settings: GatewaySettings, pools: Mapping[str, UpstreamPool], metrics: GatewayMetrics | None
+) -> list[BaseRoute]:
+    guard = AdminGuard(settings.admin)
+
     async def upstreams(request: Request) -> Response:
-        """Each route's instances with health, in-flight requests and counters. Loopback only for now."""
-        if not _from_loopback(request):
-            return Response(
-                problem_body(403, "Gateway endpoints answer only on loopback.", request.scope.get(keys.REQUEST_ID, "")),
-                403,
-                media_type=PROBLEM_TYPE,
-            )
+        """Each route's instances with health, in-flight requests and counters."""
         now = time.monotonic()
         return JSONResponse({prefix: [u.describe(now) for u in pool.upstreams] for prefix, pool in pools.items()})
 
-    return [
+    async def routes(request: Request) -> Response:
+        return JSONResponse(route_table(settings))
+
+    async def config(request: Request) -> Response:
+        return JSONResponse(redacted(settings))
+
+    endpoints: list[BaseRoute] = [
         Route("/_gateway/health", health, methods=["GET", "HEAD"]),
-        Route("/_gateway/upstreams", upstreams, methods=["GET"]),
+        Route("/_gateway/upstreams", guard.protect(upstreams), methods=["GET"]),
+        Route("/_gateway/routes", guard.protect(routes), methods=["GET"]),
+        Route("/_gateway/config", guard.protect(config), methods=["GET"]),
     ]
+    if metrics is not None:
+
+        async def metrics_text(request: Request) -> Response:
+            return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        endpoints.append(Route("/_gateway/metrics", guard.protect(metrics_text), methods=["GET"]))
+    return endpoints

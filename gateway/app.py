@@ -21,6 +21,7 @@ from gateway.client import create_client, upstream_tls
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
 from gateway.health import HealthChecker
+from gateway.metrics import GatewayMetrics
 from gateway.middleware.accesslog import AccessLogMiddleware
 from gateway.middleware.chain import from_settings, wrap
 from gateway.middleware.clientip import ClientIPMiddleware
@@ -69,6 +70,7 @@ def create_app(
             for index, route in enumerate(settings.routes)
         }
     )
+    metrics = GatewayMetrics(pools, store) if settings.metrics.enabled else None
     checkers = [
         HealthChecker(pools[route.prefix], route.balancing.health_check, client)
         for route in settings.routes
@@ -94,16 +96,18 @@ def create_app(
     chain = [Middleware(RequestIdMiddleware), Middleware(ClientIPMiddleware, resolver=resolver)]
     if settings.tls.enabled and settings.tls.hsts_max_age:
         chain.insert(0, Middleware(HSTSMiddleware, max_age=settings.tls.hsts_max_age))
-    if settings.access_log.enabled:
+    if settings.access_log.enabled or metrics is not None:
         quiet = [route.prefix for route in settings.routes if not route.access_log]
-        chain.append(Middleware(AccessLogMiddleware, quiet_routes=quiet))
+        chain.append(
+            Middleware(AccessLogMiddleware, quiet_routes=quiet, log=settings.access_log.enabled, metrics=metrics)
+        )
     if settings.ip_filter.active:
         chain.append(Middleware(IPFilterMiddleware, allow=settings.ip_filter.allow, deny=settings.ip_filter.deny))
     if store is not None and limits.policies:
         chain.append(_rate_limits(limits.policies, store, limits, "g:"))
     chain += [*from_settings(settings.middleware, "middleware"), *middleware, Middleware(GatewayRouter, table=table)]
     app = Starlette(
-        routes=gateway_routes(pools),
+        routes=gateway_routes(settings, pools, metrics),
         middleware=chain,
         exception_handlers={500: _internal_error},
         lifespan=lifespan,
@@ -116,6 +120,7 @@ def create_app(
         raise SettingsError([f"middleware: {exc}"]) from None
     app.state.settings = settings
     app.state.client = client
+    app.state.metrics = metrics
     return app
 
 

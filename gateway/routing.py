@@ -10,8 +10,6 @@ from gateway import scope as keys
 from gateway.errors import refuse
 from gateway.paths import BadTarget, routing_path
 
-GATEWAY_PREFIX = b"/_gateway"
-
 
 class RouteTable:
     """Prefix -> endpoint. A prefix matches itself and whatever lies below it on a segment boundary;
@@ -55,7 +53,7 @@ class GatewayRouter:
         except BadTarget as exc:
             await _refuse(scope, send, "bad_target", 400, f"The request target is refused: {exc}.")
             return
-        if path == GATEWAY_PREFIX or path.startswith(GATEWAY_PREFIX + b"/"):
+        if _in_gateway_namespace(path):
             if scope["type"] == "websocket":
                 await _refuse(scope, send, "no_route", 404, "No WebSocket here.")
                 return
@@ -68,6 +66,12 @@ class GatewayRouter:
         prefix, endpoint = found
         scope[keys.ROUTE] = prefix
         await endpoint(scope, receive, send)
+
+
+def _in_gateway_namespace(path: bytes) -> bool:
+    """`/_gateway` and below, however spelled (case, doubled slashes: as routes match), is never proxied."""
+    head = path.lstrip(b"/")
+    return head[:8].lower() == b"_gateway" and head[8:9] in (b"", b"/")
 
 
 async def _refuse(scope: Scope, send: Send, reason: str, status: int, detail: str) -> None:

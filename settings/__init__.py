@@ -11,16 +11,25 @@ from settings.protection import (
     RateLimitSettings,
 )
 from settings.routes import RouteSettings, TimeoutSettings, UpstreamSettings
-from settings.sections import ClientSettings, ProxySettings, ServerSettings, UpstreamTlsSettings
+from settings.sections import (
+    AdminSettings,
+    ClientSettings,
+    MetricsSettings,
+    ProxySettings,
+    ServerSettings,
+    UpstreamTlsSettings,
+)
 
 __all__ = [
     "AccessLogSettings",
+    "AdminSettings",
     "BalancingSettings",
     "ClientSettings",
     "GatewaySettings",
     "HealthCheckSettings",
     "IPFilterSettings",
     "LimitsSettings",
+    "MetricsSettings",
     "MiddlewareSettings",
     "OutlierSettings",
     "ProxySettings",

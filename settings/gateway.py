@@ -15,7 +15,7 @@ from pydantic_settings.sources import InitSettingsSource
 from settings.edge import LimitsSettings, TlsSettings
 from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings, RateLimitSettings
 from settings.routes import RouteSettings
-from settings.sections import ClientSettings, ProxySettings, ServerSettings
+from settings.sections import AdminSettings, ClientSettings, MetricsSettings, ProxySettings, ServerSettings
 
 ENV_PREFIX = "GATEWAY_"
 CONFIG_VARIABLE = "GATEWAY_CONFIG"
@@ -50,6 +50,8 @@ class GatewaySettings(BaseSettings):
     limits: LimitsSettings = Field(LimitsSettings(), description="Client limits and deadlines.")
     proxy: ProxySettings = Field(ProxySettings(), description="Trusted forwarding proxies.")
     client: ClientSettings = Field(ClientSettings(), description="Shared upstream client.")
+    admin: AdminSettings = Field(AdminSettings(), description="Who may use the /_gateway/ endpoints.")
+    metrics: MetricsSettings = Field(MetricsSettings(), description="Prometheus metrics.")
     access_log: AccessLogSettings = Field(AccessLogSettings(), description="Access log.")
     ip_filter: IPFilterSettings = Field(IPFilterSettings(), description="Who may use the gateway at all.")
     rate_limit: RateLimitSettings = Field(RateLimitSettings(), description="Rate limits.")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ssl
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from settings.protection import Network
 
@@ -86,3 +87,35 @@ class ClientSettings(UpstreamTlsSettings):
         200, ge=0, description="Most idle connections kept for reuse per upstream instance. Default 200."
     )
     keepalive_expiry: float = Field(30.0, ge=0, description="Seconds an idle upstream connection is kept. Default 30.")
+
+
+LOOPBACK: list[Network] = [IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")]
+
+
+class AdminSettings(BaseModel):
+    """Who may use the gateway's own endpoints under `/_gateway/` (all but `/_gateway/health`, which is open)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: list[Network] | None = Field(
+        None,
+        description="Networks (CIDR) allowed. Default: loopback only, or everyone when `token` is set.",
+    )
+    token: SecretStr | None = Field(
+        None, description="Bearer token required (`Authorization: Bearer ...`), from anywhere allowed. Default none."
+    )
+
+    @property
+    def networks(self) -> list[Network] | None:
+        """The allowed networks, None for everyone."""
+        if self.allow is not None:
+            return self.allow
+        return None if self.token is not None else LOOPBACK
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics at `/_gateway/metrics` (guarded like the admin endpoints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Record and serve metrics. Default true.")

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import scope as keys
+from gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger("gateway.access")
 
@@ -18,22 +19,33 @@ CLIENT_CLOSED = 499
 
 
 class AccessLogMiddleware:
-    """Times the whole exchange and counts the bytes both ways, then logs a dict of fields.
+    """Times the whole exchange and counts the bytes both ways, then logs a dict of fields and/or records the
+    exchange in the metrics (one measurement feeds both).
 
     Authorization and cookie values are never read. Routes in `quiet_routes` (prefixes) are not logged.
     The record is built here and formatted by the log handler (gateway.logs), in a background thread.
     """
 
-    def __init__(self, app: ASGIApp, *, quiet_routes: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        quiet_routes: Collection[str] = (),
+        log: bool = True,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.app = app
         self._quiet_routes = frozenset(quiet_routes)
+        self._log = log
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and logger.isEnabledFor(logging.INFO):
-            await self._websocket_session(scope, receive, send)
-            return
-        if scope["type"] != "http" or not logger.isEnabledFor(logging.INFO):
+        logging_on = self._log and logger.isEnabledFor(logging.INFO)
+        if (not logging_on and self._metrics is None) or scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self._websocket_session(scope, receive, send)
             return
         started = time.perf_counter()
         counts = {"status": 0, "in": 0, "out": 0, "complete": 0}
@@ -54,11 +66,34 @@ class AccessLogMiddleware:
                     counts["complete"] = 1
             await send(message)
 
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
         try:
             await self.app(scope, counting_receive, counting_send)
         finally:
-            if scope.get(keys.ROUTE) not in self._quiet_routes:
-                _log(scope, counts, timings, started)
+            self._finish(scope, counts, timings, started)
+
+    def _finish(self, scope: Scope, counts: dict[str, int], timings: dict[str, float], started: float) -> None:
+        ended = time.perf_counter()
+        status = scope.get(keys.EDGE_STATUS) or counts["status"]
+        if not counts["complete"] and scope.get(keys.REASON) == "client_closed":
+            status = CLIENT_CLOSED
+        upstream_headers = timings.get("upstream_headers")
+        upstream_seconds = upstream_headers - started if upstream_headers else None
+        if self._metrics is not None:
+            self._metrics.in_flight.dec()
+            self._metrics.observe(
+                scope.get(keys.ROUTE),
+                scope.get("method", "GET"),
+                status,
+                ended - started,
+                upstream_seconds,
+                counts["in"],
+                counts["out"],
+                scope.get(keys.REASON),
+            )
+        if self._log and scope.get(keys.ROUTE) not in self._quiet_routes and logger.isEnabledFor(logging.INFO):
+            _log(scope, status, counts, ended - started, upstream_seconds)
 
     async def _websocket_session(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One record per session, when it ends: status 101 once accepted (or the handshake's refusal), bytes
@@ -84,11 +119,12 @@ class AccessLogMiddleware:
                 counts["status"] = 403  # closed before accepting: the server refuses the handshake with 403
             await send(message)
 
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
         try:
             await self.app(scope, counting_receive, counting_send)
         finally:
-            if scope.get(keys.ROUTE) not in self._quiet_routes:
-                _log(scope, counts, {}, started)
+            self._finish(scope, counts, {}, started)
 
 
 def _payload_size(message: Message) -> int:
@@ -98,12 +134,7 @@ def _payload_size(message: Message) -> int:
     return len(message.get("text") or "")  # characters: close enough to bytes for a log, and cheap
 
 
-def _log(scope: Scope, counts: dict[str, int], timings: dict[str, float], started: float) -> None:
-    reason = scope.get(keys.REASON)
-    status = scope.get(keys.EDGE_STATUS) or counts["status"]
-    if not counts["complete"] and reason == "client_closed":
-        status = CLIENT_CLOSED
-    upstream_headers = timings.get("upstream_headers")
+def _log(scope: Scope, status: int, counts: dict[str, int], seconds: float, upstream_seconds: float | None) -> None:
     user_agent = next((value for name, value in scope["headers"] if name == b"user-agent"), b"")
     fields: dict[str, Any] = {
         "request_id": scope.get(keys.REQUEST_ID, ""),
@@ -116,10 +147,10 @@ def _log(scope: Scope, counts: dict[str, int], timings: dict[str, float], starte
         "status": status,
         "bytes_in": counts["in"],
         "bytes_out": counts["out"],
-        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-        "upstream_ms": round((upstream_headers - started) * 1000, 3) if upstream_headers else None,
+        "duration_ms": round(seconds * 1000, 3),
+        "upstream_ms": round(upstream_seconds * 1000, 3) if upstream_seconds is not None else None,
         "user_agent": user_agent.decode("latin-1"),
-        "reason": reason,
+        "reason": scope.get(keys.REASON),
     }
     # makeRecord + handle, not logger.info(): skips the caller lookup, which costs more than the rest.
     logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, fields, (), None))

@@ -50,6 +50,7 @@ class RedisStore:
         self._prefix = prefix
         self._failing_since: float | None = None
         self._last_report = 0.0
+        self.failures = 0  # calls that failed or timed out, for the metrics
 
     async def hit(self, key: str, interval: float, capacity: float) -> Decision | None:
         try:
@@ -58,6 +59,7 @@ class RedisStore:
                     keys=[self._prefix + key], args=[round(interval * 1e6), round(capacity * 1e6)]
                 )
         except (RedisError, OSError, TimeoutError) as exc:
+            self.failures += 1
             self._report_failure(exc)
             return None
         if self._failing_since is not None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from gateway.metrics import MULTIPROCESS_VARIABLE
 from gateway.server.protocol import EdgeProtocol
 from gateway.server.redirect import RedirectToHttps
 from gateway.server.tls import ContextFactory
@@ -69,6 +71,8 @@ def run_server(settings: GatewaySettings, *, host: str | None = None, port: int 
         if redirect is not None:
             redirect.start()
         if config.workers > 1:
+            # Each worker records metrics in files of this folder; a scrape of any worker sums them.
+            os.environ.setdefault(MULTIPROCESS_VARIABLE, tempfile.mkdtemp(prefix="gateway-metrics-"))
             Multiprocess(config, sockets=[config.bind_socket()]).run()
             return 0
         server.run()
