@@ -1,10 +1,12 @@
-"""`python -m gateway [serve|check|demo]`: settings -> uvicorn (edge protocol, limits, TLS, workers) -> run."""
+"""`python -m gateway [serve|check|routes|explain|demo]`: settings -> uvicorn (edge protocol, limits, TLS,
+workers) -> run; or the route table, or what would happen to one request."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from gateway.explain import explain, route_lines
 from gateway.logs import configure_logging
 from gateway.server import run_server
 from settings import GatewaySettings, SettingsError, load_settings
@@ -16,14 +18,21 @@ def serve(settings: GatewaySettings, args: argparse.Namespace) -> int:
 
 def check(settings: GatewaySettings, args: argparse.Namespace) -> int:
     print("configuration is valid; routes (longest prefix wins):")
-    for route in sorted(settings.routes, key=lambda route: len(route.prefix), reverse=True):
-        if route.static_dir is not None:
-            target = f"static files in {route.static_dir}"
-        else:
-            target = ", ".join(f"{upstream.url} (weight {upstream.weight})" for upstream in route.upstreams)
-        options = [name for name in ("strip_prefix", "preserve_host") if getattr(route, name)]
-        suffix = f"  [{', '.join(options)}]" if options else ""
-        print(f"  {route.prefix:<20} -> {target}{suffix}")
+    return routes(settings, args)
+
+
+def routes(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    for line in route_lines(settings):
+        print(f"  {line}")
+    return 0
+
+
+def explain_request(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    if len(args.request) != 2:
+        print("usage: python -m gateway explain METHOD PATH   (for example: explain GET /api/users?page=2)")
+        return 2
+    method, target = args.request
+    print("\n".join(explain(settings, method.upper(), target)))
     return 0
 
 
@@ -36,8 +45,13 @@ def demo(settings: GatewaySettings, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "check", "demo"], help="default: serve"
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "check", "routes", "explain", "demo"],
+        help="default: serve",
     )
+    parser.add_argument("request", nargs="*", help="for explain: METHOD PATH")
     parser.add_argument("--host", help="listen address (overrides server.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides PORT and server.port)")
     args = parser.parse_args(argv)
@@ -48,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"configuration error: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.server.log_level, settings.access_log)
-    commands = {"serve": serve, "check": check, "demo": demo}
+    commands = {"serve": serve, "check": check, "routes": routes, "explain": explain_request, "demo": demo}
     return commands[args.command](settings, args)
 
 

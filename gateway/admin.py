@@ -95,7 +95,7 @@ def route_table(settings: GatewaySettings) -> list[dict[str, Any]]:
                 "static_dir": str(route.static_dir) if route.static_dir is not None else None,
                 "strip_prefix": route.strip_prefix,
                 "balancing": route.balancing.policy,
-                "middleware": [str(item.factory) for item in route.middleware],
+                "middleware": [item.dotted_path for item in route.middleware],
             }
         )
     return table

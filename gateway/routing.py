@@ -53,7 +53,7 @@ class GatewayRouter:
         except BadTarget as exc:
             await _refuse(scope, send, "bad_target", 400, f"The request target is refused: {exc}.")
             return
-        if _in_gateway_namespace(path):
+        if in_gateway_namespace(path):
             if scope["type"] == "websocket":
                 await _refuse(scope, send, "no_route", 404, "No WebSocket here.")
                 return
@@ -68,7 +68,7 @@ class GatewayRouter:
         await endpoint(scope, receive, send)
 
 
-def _in_gateway_namespace(path: bytes) -> bool:
+def in_gateway_namespace(path: bytes) -> bool:
     """`/_gateway` and below, however spelled (case, doubled slashes: as routes match), is never proxied."""
     head = path.lstrip(b"/")
     return head[:8].lower() == b"_gateway" and head[8:9] in (b"", b"/")

@@ -58,6 +58,11 @@ class MiddlewareSettings(BaseModel):
     factory: ImportString[Any] = Field(description="`package.module:Class`, imported at start-up. Required.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the class. Default none.")
 
+    @property
+    def dotted_path(self) -> str:
+        """`package.module:Class`, as written in the settings."""
+        return f"{self.factory.__module__}:{self.factory.__qualname__}"
+
 
 class RateLimitPolicy(BaseModel):
     """A token bucket: `burst` requests at once, refilled at `rate` per second, per key."""
