@@ -10,10 +10,11 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
@@ -25,6 +26,7 @@ from gateway.upstreams import UpstreamPool
 from settings import AdminSettings, GatewaySettings
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+DASHBOARD = Path(__file__).with_name("dashboard.html")  # one page, no build step, nothing from the internet
 # scheme://user:password@host -> scheme://user:***@host, for URLs anywhere in the effective configuration.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+(?P<tail>@)", re.IGNORECASE)
 
@@ -47,14 +49,15 @@ class AdminGuard:
         self._networks = None if networks is None else NetworkSet(networks)
         self._token = settings.token.get_secret_value().encode() if settings.token is not None else None
 
-    def refusal(self, request: Request) -> Response | None:
-        """None when allowed, else the 403 or 401 answer."""
+    def refusal(self, request: Request, *, token: bool = True) -> Response | None:
+        """None when allowed, else the 403 or 401 answer. `token=False` checks the address only (the dashboard's
+        page, which holds no data: its script sends the token with each data request)."""
         request_id = request.scope.get(keys.REQUEST_ID, "")
         client = request.scope.get(keys.CLIENT_IP) or (request.client.host if request.client else "")
         if self._networks is not None and not self._networks.contains(client):
             body = problem_body(403, "Gateway endpoints are not open to your address.", request_id)
             return Response(body, 403, media_type=PROBLEM_TYPE)
-        if self._token is not None:
+        if self._token is not None and token:
             scheme, _, offered = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), self._token):
                 body = problem_body(401, "A valid bearer token is required.", request_id)
@@ -128,5 +131,25 @@ def gateway_routes(
         async def metrics_text(request: Request) -> Response:
             return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-        endpoints.append(Route("/_gateway/metrics", guard.protect(metrics_text), methods=["GET"]))
+        async def stats(request: Request) -> Response:
+            """What the dashboard polls: cumulative totals, the route table and upstream state."""
+            now = time.monotonic()
+            return JSONResponse(
+                {
+                    "metrics": metrics.snapshot(),
+                    "routes": route_table(settings),
+                    "upstreams": {prefix: [u.describe(now) for u in pool.upstreams] for prefix, pool in pools.items()},
+                    "cache": None,  # no cache yet
+                }
+            )
+
+        async def dashboard(request: Request) -> Response:
+            return guard.refusal(request, token=False) or HTMLResponse(DASHBOARD.read_bytes())
+
+        endpoints += [
+            Route("/_gateway/metrics", guard.protect(metrics_text), methods=["GET"]),
+            Route("/_gateway/stats", guard.protect(stats), methods=["GET"]),
+            Route("/_gateway/", dashboard, methods=["GET"]),
+            Route("/_gateway", dashboard, methods=["GET"]),
+        ]
     return endpoints

@@ -11,6 +11,7 @@ mode); upstream state then comes from the worker that answers the scrape (each w
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -121,10 +122,50 @@ class GatewayMetrics:
     def exposition(self) -> bytes:
         """The text format, summed over all workers in multiprocess mode."""
         if os.environ.get(MULTIPROCESS_VARIABLE):
-            merged = CollectorRegistry()
-            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            return generate_latest(merged) + generate_latest(_StateOnly(self._state))
+            return generate_latest(self._merged()) + generate_latest(_StateOnly(self._state))
         return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Cumulative totals for the dashboard, which turns two snapshots into rates and percentiles."""
+        registry = self._merged() if os.environ.get(MULTIPROCESS_VARIABLE) else self.registry
+        by_status: dict[str, float] = {}
+        by_route: dict[str, float] = {}
+        refusals: dict[str, float] = {}
+        buckets: dict[float, float] = {}
+        upstream_failures = in_flight = 0.0
+        for family in registry.collect():
+            for sample in family.samples:
+                labels, value = sample.labels, sample.value
+                if sample.name == "gateway_requests_total":
+                    by_status[labels["status"]] = by_status.get(labels["status"], 0.0) + value
+                    by_route[labels["route"]] = by_route.get(labels["route"], 0.0) + value
+                elif sample.name == "gateway_request_duration_seconds_bucket":
+                    bound = float(labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + value
+                elif sample.name == "gateway_refusals_total":
+                    refusals[labels["reason"]] = value
+                elif sample.name == "gateway_upstream_failures_total":
+                    upstream_failures += value
+                elif sample.name == "gateway_requests_in_flight":
+                    in_flight += value
+        return {
+            "time": time.time(),
+            "requests": sum(by_status.values()),
+            "by_status": by_status,
+            "by_route": by_route,
+            "refusals": refusals,
+            "upstream_failures": upstream_failures,
+            "in_flight": in_flight,
+            # [upper bound in seconds (null for +Inf), cumulative count]
+            "latency_buckets": [
+                [None if math.isinf(bound) else bound, count] for bound, count in sorted(buckets.items())
+            ],
+        }
+
+    def _merged(self) -> CollectorRegistry:
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return merged
 
 
 class StateCollector(Collector):
