@@ -7,6 +7,7 @@ by default; an `allow` list of networks and/or a bearer `token` open it to other
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -105,9 +106,22 @@ def route_table(settings: GatewaySettings) -> list[dict[str, Any]]:
 
 
 def gateway_routes(
-    settings: GatewaySettings, pools: Mapping[str, UpstreamPool], metrics: GatewayMetrics | None
+    settings: GatewaySettings,
+    pools: Mapping[str, UpstreamPool],
+    metrics: GatewayMetrics | None,
+    reload: Callable[[], Awaitable[list[str]]],
 ) -> list[BaseRoute]:
     guard = AdminGuard(settings.admin)
+
+    async def reload_settings(request: Request) -> Response:
+        """Validate the configuration sources again and switch to them, or keep the current one and say why."""
+        problems = await reload()
+        if problems:
+            body = json.loads(problem_body(400, "The new configuration is invalid; nothing changed.", ""))
+            body["errors"] = problems
+            body["request_id"] = request.scope.get(keys.REQUEST_ID, "")
+            return JSONResponse(body, 400, media_type=PROBLEM_TYPE)
+        return JSONResponse({"status": "reloaded"})
 
     async def upstreams(request: Request) -> Response:
         """Each route's instances with health, in-flight requests and counters."""
@@ -125,6 +139,7 @@ def gateway_routes(
         Route("/_gateway/upstreams", guard.protect(upstreams), methods=["GET"]),
         Route("/_gateway/routes", guard.protect(routes), methods=["GET"]),
         Route("/_gateway/config", guard.protect(config), methods=["GET"]),
+        Route("/_gateway/reload", guard.protect(reload_settings), methods=["POST"]),
     ]
     if metrics is not None:
 

@@ -1,17 +1,22 @@
-"""create_app(): the ASGI application, its middleware chain and the lifespan that owns the shared client."""
+"""create_app(): the ASGI application, its middleware chain, the lifespan that owns the shared client, and
+reloading: a new generation of all that, switched to atomically."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from gateway import scope as keys
@@ -40,8 +45,11 @@ from settings import (
     RateLimitSettings,
     RouteSettings,
     SettingsError,
+    UpstreamSettings,
     load_settings,
 )
+
+logger = logging.getLogger("gateway.reload")
 
 
 def create_app(
@@ -49,68 +57,22 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     middleware: Sequence[Middleware] = (),
+    settings_source: Callable[[], GatewaySettings] = load_settings,
 ) -> Starlette:
     """The gateway as a Starlette app.
 
     `settings` defaults to load_settings() (environment, .env, GATEWAY_CONFIG); `transport` goes under the
     shared httpx client (tests pass `httpx.MockTransport`); `middleware` runs after the request id is set
     and before the route is matched (after those from settings). A wrong middleware setting raises
-    SettingsError naming the key.
+    SettingsError naming the key. A reload (SIGHUP, `POST /_gateway/reload`) reads `settings_source()`.
     """
-    settings = settings or load_settings()
-    client = create_client(settings.client, transport)
-    tls = upstream_tls(settings.client)
-    resolver = ClientIPResolver(settings.proxy.trusted_proxies)
-    limits = settings.rate_limit
-    store = _rate_limit_store(settings)
-    pools = {route.prefix: _pool(route, index) for index, route in enumerate(settings.routes) if route.upstreams}
-    table = RouteTable(
-        {
-            route.prefix: _route_stack(route, index, client, resolver, store, limits, pools.get(route.prefix), tls)
-            for index, route in enumerate(settings.routes)
-        }
-    )
-    metrics = GatewayMetrics(pools, store) if settings.metrics.enabled else None
-    checkers = [
-        HealthChecker(pools[route.prefix], route.balancing.health_check, client)
-        for route in settings.routes
-        if route.upstreams and route.balancing.health_check is not None
-    ]
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        checks = [asyncio.create_task(checker.run()) for checker in checkers]
-        try:
-            yield
-        finally:
-            for task in checks:
-                task.cancel()
-            await asyncio.gather(*checks, return_exceptions=True)
-            await client.aclose()
-            if store is not None:
-                await store.aclose()
-
-    # Cheap refusals first; the route table is the innermost middleware: proxied and static requests end
-    # there, so they skip Starlette's exception middleware and router, which serve only `/_gateway/...`
-    # and the lifespan.
-    chain = [Middleware(RequestIdMiddleware), Middleware(ClientIPMiddleware, resolver=resolver)]
-    if settings.tls.enabled and settings.tls.hsts_max_age:
-        chain.insert(0, Middleware(HSTSMiddleware, max_age=settings.tls.hsts_max_age))
-    if settings.access_log.enabled or metrics is not None:
-        quiet = [route.prefix for route in settings.routes if not route.access_log]
-        chain.append(
-            Middleware(AccessLogMiddleware, quiet_routes=quiet, log=settings.access_log.enabled, metrics=metrics)
-        )
-    if settings.ip_filter.active:
-        chain.append(Middleware(IPFilterMiddleware, allow=settings.ip_filter.allow, deny=settings.ip_filter.deny))
-    if store is not None and limits.policies:
-        chain.append(_rate_limits(limits.policies, store, limits, "g:"))
-    chain += [*from_settings(settings.middleware, "middleware"), *middleware, Middleware(GatewayRouter, table=table)]
+    runtime = Runtime(settings_source, transport, middleware)
+    generation = runtime.build(settings or load_settings())
     app = Starlette(
-        routes=gateway_routes(settings, pools, metrics),
-        middleware=chain,
+        routes=generation.routes,
+        middleware=generation.chain,
         exception_handlers={500: _internal_error},
-        lifespan=lifespan,
+        lifespan=runtime.lifespan,
     )
     app.router.redirect_slashes = False
     app.router.default = not_found
@@ -118,21 +80,206 @@ def create_app(
         app.build_middleware_stack()  # a trial build, so that a middleware refusing its options stops start-up
     except (TypeError, ValueError) as exc:
         raise SettingsError([f"middleware: {exc}"]) from None
-    app.state.settings = settings
-    app.state.client = client
-    app.state.metrics = metrics
+    runtime.attach(app, generation)
     return app
 
 
-def _pool(route: RouteSettings, index: int) -> UpstreamPool:
-    """The route's instances and balancer; a balancer that cannot be loaded stops start-up naming the key."""
+@dataclass
+class Generation:
+    """Everything built from one version of the settings; requests started on it finish on it."""
+
+    settings: GatewaySettings
+    chain: list[Middleware]
+    routes: list[BaseRoute]
+    pools: dict[str, UpstreamPool]
+    checkers: list[HealthChecker]
+    client: httpx.AsyncClient
+    store: Store | None
+
+
+class Runtime:
+    """Builds generations and switches between them: the reload, the lifespan and the SIGHUP handler.
+
+    A reload validates and builds the new generation completely before switching, in one step with no await,
+    so that a request sees either the old configuration or the new one. Unchanged parts carry over: the shared
+    client when `[client]` is unchanged, the rate-limit store (and so the buckets of unchanged policies) when
+    its settings are unchanged, and each upstream instance (health, ejection, counters) whose route prefix and
+    settings are unchanged. Replaced clients and stores are closed at shutdown.
+    """
+
+    def __init__(
+        self,
+        settings_source: Callable[[], GatewaySettings],
+        transport: httpx.AsyncBaseTransport | None,
+        middleware: Sequence[Middleware],
+    ) -> None:
+        self._source = settings_source
+        self._transport = transport
+        self._middleware = middleware
+        self._current: Generation | None = None
+        self._app: Starlette | None = None
+        self._checks: list[asyncio.Task[None]] = []
+        self._retired: list[httpx.AsyncClient | Store] = []
+        self._lock = asyncio.Lock()
+        self.metrics: GatewayMetrics | None = None
+
+    def build(self, settings: GatewaySettings) -> Generation:
+        previous = self._current
+        if previous is not None and previous.settings.client == settings.client:
+            client = previous.client
+        else:
+            client = create_client(settings.client, self._transport)
+        store = previous.store if previous is not None and _same_store(previous.settings, settings) else None
+        store = store or _rate_limit_store(settings)
+        upstreams = {
+            (prefix, upstream.settings): upstream
+            for prefix, pool in (previous.pools.items() if previous is not None else ())
+            for upstream in pool.upstreams
+        }
+        pools = {
+            route.prefix: _pool(route, index, upstreams)
+            for index, route in enumerate(settings.routes)
+            if route.upstreams
+        }
+        metrics = self.metrics
+        if settings.metrics.enabled:
+            metrics = metrics or GatewayMetrics(pools, store)
+            metrics.track(pools, store)
+        tls = upstream_tls(settings.client)
+        resolver = ClientIPResolver(settings.proxy.trusted_proxies)
+        limits = settings.rate_limit
+        table = RouteTable(
+            {
+                route.prefix: _route_stack(route, index, client, resolver, store, limits, pools.get(route.prefix), tls)
+                for index, route in enumerate(settings.routes)
+            }
+        )
+        served_metrics = metrics if settings.metrics.enabled else None
+        checkers = [
+            HealthChecker(pools[route.prefix], route.balancing.health_check, client)
+            for route in settings.routes
+            if route.upstreams and route.balancing.health_check is not None
+        ]
+        # Cheap refusals first; the route table is the innermost middleware: proxied and static requests end
+        # there, so they skip Starlette's exception middleware and router, which serve only `/_gateway/...`
+        # and the lifespan.
+        chain = [Middleware(RequestIdMiddleware), Middleware(ClientIPMiddleware, resolver=resolver)]
+        if settings.tls.enabled and settings.tls.hsts_max_age:
+            chain.insert(0, Middleware(HSTSMiddleware, max_age=settings.tls.hsts_max_age))
+        if settings.access_log.enabled or served_metrics is not None:
+            quiet = [route.prefix for route in settings.routes if not route.access_log]
+            log = settings.access_log.enabled
+            chain.append(Middleware(AccessLogMiddleware, quiet_routes=quiet, log=log, metrics=served_metrics))
+        if settings.ip_filter.active:
+            chain.append(Middleware(IPFilterMiddleware, allow=settings.ip_filter.allow, deny=settings.ip_filter.deny))
+        if store is not None and limits.policies:
+            chain.append(_rate_limits(limits.policies, store, limits, "g:"))
+        chain += [
+            *from_settings(settings.middleware, "middleware"),
+            *self._middleware,
+            Middleware(GatewayRouter, table=table),
+        ]
+        routes = gateway_routes(settings, pools, served_metrics, self.reload)
+        self.metrics = metrics
+        return Generation(settings, chain, routes, pools, checkers, client, store)
+
+    def attach(self, app: Starlette, generation: Generation) -> None:
+        self._app = app
+        self._current = generation
+        app.state.settings = generation.settings
+        app.state.client = generation.client
+        app.state.metrics = self.metrics if generation.settings.metrics.enabled else None
+
+    async def reload(self) -> list[str]:
+        """Switch to `settings_source()`; the problems (one `key: reason` each) when it is refused."""
+        async with self._lock:
+            assert self._app is not None and self._current is not None
+            old = self._current
+            try:
+                generation = self.build(self._source())
+                app = self._app
+                app.user_middleware = generation.chain
+                stack = app.build_middleware_stack()
+            except SettingsError as exc:
+                logger.error("reload refused, still serving the previous configuration: %s", "; ".join(exc.problems))
+                self._restore(old)
+                return exc.problems
+            except (TypeError, ValueError) as exc:
+                logger.error("reload refused, still serving the previous configuration: middleware: %s", exc)
+                self._restore(old)
+                return [f"middleware: {exc}"]
+            # The switch: no await from here on.
+            app.router.routes = generation.routes
+            app.middleware_stack = stack
+            self.attach(app, generation)
+            self._stop_checks()
+            self._start_checks()
+            for resource in (old.client, old.store):
+                if resource is not None and resource not in (generation.client, generation.store):
+                    self._retired.append(resource)
+        logger.warning("configuration reloaded: %d routes", len(generation.settings.routes))
+        return []
+
+    def _restore(self, old: Generation) -> None:
+        """Undo what a refused build touched (the Starlette app's middleware list, the metrics' pools)."""
+        assert self._app is not None
+        self._app.user_middleware = old.chain
+        if self.metrics is not None:
+            self.metrics.track(old.pools, old.store)
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._start_checks()
+        hangup = _on_sighup(lambda: asyncio.ensure_future(self.reload()))
+        try:
+            yield
+        finally:
+            hangup()
+            self._stop_checks()
+            await asyncio.gather(*self._checks, return_exceptions=True)
+            assert self._current is not None
+            for resource in [self._current.client, self._current.store, *self._retired]:
+                if resource is not None:
+                    await resource.aclose()
+
+    def _start_checks(self) -> None:
+        assert self._current is not None
+        self._checks = [asyncio.create_task(checker.run()) for checker in self._current.checkers]
+
+    def _stop_checks(self) -> None:
+        for task in self._checks:
+            task.cancel()
+
+
+def _on_sighup(reload: Callable[[], object]) -> Callable[[], None]:
+    """Reload on SIGHUP, where this process can take signals (the main thread); returns the undo."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests), or no SIGHUP
+        return lambda: None
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
+
+
+def _same_store(old: GatewaySettings, new: GatewaySettings) -> bool:
+    fields = ("store", "redis_url", "redis_timeout", "max_keys")
+    return all(getattr(old.rate_limit, name) == getattr(new.rate_limit, name) for name in fields)
+
+
+def _pool(route: RouteSettings, index: int, existing: Mapping[tuple[str, UpstreamSettings], Upstream]) -> UpstreamPool:
+    """The route's instances and balancer; a balancer that cannot be loaded stops start-up naming the key.
+    Instances in `existing` (from before a reload) are kept, with their health and counters."""
     balancing = route.balancing
     try:
         balancer = balancer_for(balancing.policy)
     except (ValueError, TypeError) as exc:
         raise SettingsError([f"routes[{index}].balancing.policy: {exc}"]) from None
     return UpstreamPool(
-        [Upstream(upstream) for upstream in route.upstreams],
+        [existing.get((route.prefix, upstream)) or Upstream(upstream) for upstream in route.upstreams],
         balancer,
         balancing.outlier,
         max_in_flight=balancing.max_in_flight,
@@ -186,7 +333,7 @@ def _route_stack(
     if route.ip_filter.active:
         stack.append(Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))
     if store is not None and route.rate_limit:
-        stack.append(_rate_limits(route.rate_limit, store, limits, f"r{index}:"))
+        stack.append(_rate_limits(route.rate_limit, store, limits, f"r:{route.prefix}:"))
     stack += from_settings(route.middleware, f"routes[{index}].middleware")
     try:
         return wrap(endpoint, stack)

@@ -119,6 +119,10 @@ class GatewayMetrics:
             elif reason != "client_closed":
                 self._refusals.labels(reason).inc()
 
+    def track(self, pools: Mapping[str, UpstreamPool], store: object | None) -> None:
+        """Read upstream state from these pools from now on (after a reload); counters carry on."""
+        self._state.pools, self._state.store = pools, store
+
     def exposition(self) -> bytes:
         """The text format, summed over all workers in multiprocess mode."""
         if os.environ.get(MULTIPROCESS_VARIABLE):
@@ -172,13 +176,13 @@ class StateCollector(Collector):
     """Each upstream instance's state and the rate-limit store's failures, read at scrape time."""
 
     def __init__(self, pools: Mapping[str, UpstreamPool], store: object | None) -> None:
-        self._pools = pools
-        self._store = store
+        self.pools = pools
+        self.store = store
 
     def collect(self) -> Iterator[Any]:
-        if hasattr(self._store, "failures"):
+        if hasattr(self.store, "failures"):
             failures = CounterMetricFamily("gateway_redis_errors", "Rate-limit store calls that failed or timed out.")
-            failures.add_metric([], self._store.failures)
+            failures.add_metric([], self.store.failures)
             yield failures
         healthy = GaugeMetricFamily(
             "gateway_upstream_healthy", "1 when the instance is in rotation.", labels=["route", "upstream"]
@@ -197,7 +201,7 @@ class StateCollector(Collector):
             )
         }
         now = time.monotonic()
-        for route, pool in self._pools.items():
+        for route, pool in self.pools.items():
             for upstream in pool.upstreams:
                 labels = [route, upstream.url]
                 healthy.add_metric(labels, 1.0 if upstream.in_rotation(now) else 0.0)

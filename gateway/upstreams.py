@@ -19,6 +19,7 @@ class Upstream:
 
     def __init__(self, settings: UpstreamSettings) -> None:
         parts = urlsplit(settings.url)
+        self.settings = settings  # what a reload compares, to keep this instance's state when it is unchanged
         self.url = settings.url
         self.scheme = parts.scheme
         self.host = parts.hostname or ""

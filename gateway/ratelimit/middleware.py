@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -14,6 +15,10 @@ from gateway.ratelimit.buckets import Decision, Store
 from settings import RateLimitPolicy
 
 GATEWAY_ENDPOINTS = "/_gateway/"
+
+
+def _digest(policy: RateLimitPolicy) -> str:
+    return hashlib.blake2b(policy.model_dump_json().encode(), digest_size=6).hexdigest()
 
 
 class Policy:
@@ -76,7 +81,9 @@ class RateLimitMiddleware:
         headers_on_success: bool = False,
     ) -> None:
         self.app = app
-        self._policies = [Policy(policy, f"{bucket_prefix}{index}:") for index, policy in enumerate(policies)]
+        # A bucket belongs to the policy's content, not its position: after a reload, an unchanged policy keeps
+        # its buckets (same store, same keys) and a changed one starts afresh.
+        self._policies = [Policy(policy, f"{bucket_prefix}{_digest(policy)}:") for policy in policies]
         self._store = store
         self._fail_closed = fail_closed
         self._headers_on_success = headers_on_success
