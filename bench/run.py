@@ -80,6 +80,8 @@ def feature_env(features: str, workdir: Path, origin_url: str) -> dict[str, str]
         return {"GATEWAY_ROUTES": json.dumps([{"prefix": "/", "upstreams": instances, "max_body_bytes": None}])}
     if features == "bare":
         return {"GATEWAY_ACCESS_LOG__ENABLED": "false"}
+    if features == "no-metrics":
+        return {"GATEWAY_ACCESS_LOG__ENABLED": "false", "GATEWAY_METRICS__ENABLED": "false"}
     if features == "all":
         deny = ", ".join(f'"10.{i // 256}.{i % 256}.0/24"' for i in range(10_000))
         config = workdir / "all-features.toml"
@@ -222,7 +224,8 @@ def main() -> None:
         "--features",
         default="default",
         help="comma-separated gateway configurations, each measured in the same run: default (shipped "
-        "settings: access log on), bare (access log off), all (access log, a 10,000-network IP filter, a "
+        "settings: access log and metrics on), bare (access log off), no-metrics (access log and metrics "
+        "off), all (access log, a 10,000-network IP filter, a "
         "rate limit that never refuses, a user middleware), three (three upstream instances, round robin). "
         "Default: default",
     )
