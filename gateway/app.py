@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -39,6 +41,7 @@ from gateway.retries import RetryPolicy
 from gateway.routing import GatewayRouter, RouteTable
 from gateway.static import StaticEndpoint
 from gateway.upstreams import Upstream, UpstreamPool
+from gateway.workers import supervisor_pid
 from settings import (
     GatewaySettings,
     RateLimitPolicy,
@@ -48,8 +51,10 @@ from settings import (
     UpstreamSettings,
     load_settings,
 )
+from settings.gateway import CONFIG_VARIABLE
 
 logger = logging.getLogger("gateway.reload")
+WATCH_INTERVAL = 1.0  # seconds between looks at the config file, with `server.watch_config`
 
 
 def create_app(
@@ -192,6 +197,9 @@ class Runtime:
 
     async def reload(self) -> list[str]:
         """Switch to `settings_source()`; the problems (one `key: reason` each) when it is refused."""
+        supervisor = supervisor_pid()
+        if supervisor is not None:
+            return self._replace_workers(supervisor)
         async with self._lock:
             assert self._app is not None and self._current is not None
             old = self._current
@@ -220,6 +228,18 @@ class Runtime:
         logger.warning("configuration reloaded: %d routes", len(generation.settings.routes))
         return []
 
+    def _replace_workers(self, supervisor: int) -> list[str]:
+        """With several workers, each has its own generation: once the sources validate, the supervisor replaces
+        the workers one by one (uvicorn's SIGHUP), each new one serving before an old one stops."""
+        try:
+            self._source()
+        except SettingsError as exc:
+            logger.error("reload refused, still serving the previous configuration: %s", "; ".join(exc.problems))
+            return exc.problems
+        os.kill(supervisor, signal.SIGHUP)
+        logger.warning("configuration valid: the workers are being replaced one by one")
+        return []
+
     def _restore(self, old: Generation) -> None:
         """Undo what a refused build touched (the Starlette app's middleware list, the metrics' pools)."""
         assert self._app is not None
@@ -231,16 +251,33 @@ class Runtime:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._start_checks()
         hangup = _on_sighup(lambda: asyncio.ensure_future(self.reload()))
+        assert self._current is not None
+        config_file = os.environ.get(CONFIG_VARIABLE)
+        watching = self._current.settings.server.watch_config and config_file and supervisor_pid() is None
+        watcher = asyncio.create_task(self._watch(Path(config_file))) if watching and config_file else None
         try:
             yield
         finally:
             hangup()
+            if watcher is not None:
+                watcher.cancel()
             self._stop_checks()
             await asyncio.gather(*self._checks, return_exceptions=True)
             assert self._current is not None
             for resource in [self._current.client, self._current.store, *self._retired]:
                 if resource is not None:
                     await resource.aclose()
+
+    async def _watch(self, path: Path) -> None:
+        """Reload when the config file's modification time or size changes (a poll: no extra dependency)."""
+        seen = _stamp(path)
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            stamp = _stamp(path)
+            if stamp != seen:
+                seen = stamp
+                logger.warning("%s changed: reloading", path)
+                await self.reload()
 
     def _start_checks(self) -> None:
         assert self._current is not None
@@ -249,6 +286,14 @@ class Runtime:
     def _stop_checks(self) -> None:
         for task in self._checks:
             task.cancel()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
 def _on_sighup(reload: Callable[[], object]) -> Callable[[], None]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from gateway.upstreams import UpstreamPool
@@ -79,6 +79,8 @@ class GatewayMetrics:
         )
         self._state = StateCollector(pools, store)
         registry.register(self._state)
+        if os.environ.get(MULTIPROCESS_VARIABLE):
+            _forget_dead_workers(os.environ[MULTIPROCESS_VARIABLE])
         self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
     def observe(
@@ -170,6 +172,21 @@ class GatewayMetrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return merged
+
+
+def _forget_dead_workers(folder: str) -> None:
+    """Drop the live-gauge files of workers that are gone (replaced on SIGHUP, or crashed): their in-flight
+    counts would otherwise stay in the sum. Counters stay: what a dead worker counted did happen."""
+    for name in os.listdir(folder):
+        if not name.startswith("gauge_live"):
+            continue
+        pid = int(name.rsplit("_", 1)[1].removesuffix(".db"))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, another user's
 
 
 class StateCollector(Collector):

@@ -29,6 +29,10 @@ class ServerSettings(BaseModel):
         30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown. Default 30."
     )
     log_level: LogLevel = Field("info", description="Level of the `gateway.*` and uvicorn loggers. Default info.")
+    watch_config: bool = Field(
+        False,
+        description="Reload when the `GATEWAY_CONFIG` file changes (checked every second; one worker). Default false.",
+    )
 
 
 class ProxySettings(BaseModel):

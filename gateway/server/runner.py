@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import threading
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from gateway.metrics import MULTIPROCESS_VARIABLE
 from gateway.server.protocol import EdgeProtocol
 from gateway.server.redirect import RedirectToHttps
 from gateway.server.tls import ContextFactory
+from gateway.workers import prepare_workers
 from settings import GatewaySettings, LimitsSettings
 
 APP = "gateway.main:app"  # an import string, so that each worker process builds its own app (pools are per worker)
@@ -71,8 +70,7 @@ def run_server(settings: GatewaySettings, *, host: str | None = None, port: int 
         if redirect is not None:
             redirect.start()
         if config.workers > 1:
-            # Each worker records metrics in files of this folder; a scrape of any worker sums them.
-            os.environ.setdefault(MULTIPROCESS_VARIABLE, tempfile.mkdtemp(prefix="gateway-metrics-"))
+            prepare_workers()
             Multiprocess(config, sockets=[config.bind_socket()]).run()
             return 0
         server.run()

@@ -128,3 +128,58 @@ def test_sighup_reloads_python_m_gateway_from_its_config_file(tmp_path: Any) -> 
             _, stderr = process.communicate(timeout=WAIT)
     assert (before, after, still) == ("one", "two", "two")
     assert "reload refused" in stderr.decode() and "routes[0].prefix" in stderr.decode()
+
+
+def test_several_workers_sum_their_metrics_and_are_replaced_on_reload(tmp_path: Any) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    with scripted_upstream(named(b"one")) as one, scripted_upstream(named(b"two")) as two:
+        config.write_text(f'[[routes]]\nprefix = "/api"\nupstreams = ["{one.url}"]\n')
+        env = {"GATEWAY_CONFIG": str(config), "GATEWAY_SERVER__WORKERS": "2"}
+        process = python_m_gateway("serve", "--port", str(port), env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_health(url, process)
+            for _ in range(20):  # new connections: the kernel spreads them over both workers
+                assert httpx.get(url + "/api/x").text == "one"
+            metrics = httpx.get(url + "/_gateway/metrics").text
+            config.write_text("[[routes]]\nprefix = 'no-slash'\n")
+            refused = httpx.post(url + "/_gateway/reload")
+            config.write_text(f'[[routes]]\nprefix = "/api"\nupstreams = ["{two.url}"]\n')
+            accepted = httpx.post(url + "/_gateway/reload")
+            deadline = time.monotonic() + WAIT
+            answers: list[str] = []
+            while time.monotonic() < deadline:
+                answers = [httpx.get(url + "/api/x").text for _ in range(10)]
+                if set(answers) == {"two"}:
+                    break
+                time.sleep(0.1)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=WAIT)
+    assert 'gateway_requests_total{method="GET",route="/api",status="2xx"} 20.0' in metrics
+    assert refused.status_code == 400 and refused.json()["errors"][0].startswith("routes[0].prefix")
+    assert accepted.status_code == 200
+    assert set(answers) == {"two"}, "every worker was replaced and serves the new configuration"
+
+
+def test_watch_config_reloads_when_the_file_changes(tmp_path: Any) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    with scripted_upstream(named(b"one")) as one, scripted_upstream(named(b"two")) as two:
+        config.write_text(f'[server]\nwatch_config = true\n[[routes]]\nprefix = "/api"\nupstreams = ["{one.url}"]\n')
+        process = python_m_gateway("serve", "--port", str(port), env={"GATEWAY_CONFIG": str(config)})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_health(url, process)
+            before = httpx.get(url + "/api/x").text
+            config.write_text(
+                f'[server]\nwatch_config = true\n[[routes]]\nprefix = "/api"\nupstreams = ["{two.url}"]\n'
+            )
+            deadline = time.monotonic() + WAIT
+            while (after := httpx.get(url + "/api/x").text) != "two" and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=WAIT)
+    assert (before, after) == ("one", "two")
