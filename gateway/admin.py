@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import scope as keys
+from gateway.cache import MemoryCacheStore
 from gateway.errors import PROBLEM_TYPE, problem_body, send_problem
 from gateway.metrics import GatewayMetrics
 from gateway.netset import NetworkSet
@@ -110,8 +111,23 @@ def gateway_routes(
     pools: Mapping[str, UpstreamPool],
     metrics: GatewayMetrics | None,
     reload: Callable[[], Awaitable[list[str]]],
+    cache: MemoryCacheStore | None = None,
 ) -> list[BaseRoute]:
     guard = AdminGuard(settings.admin)
+
+    async def purge(request: Request) -> Response:
+        """`{"path": "/a/b"}` drops that URL (any query, any host); `"prefix": true` everything below it."""
+        request_id = request.scope.get(keys.REQUEST_ID, "")
+        try:
+            order = await request.json()
+            path, below = order["path"], bool(order.get("prefix", False))
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(path)
+        except (ValueError, KeyError, TypeError):
+            body = problem_body(400, 'Send JSON like {"path": "/api/items", "prefix": false}.', request_id)
+            return Response(body, 400, media_type=PROBLEM_TYPE)
+        dropped = cache.purge(path, prefix=below) if cache is not None else 0
+        return JSONResponse({"purged": dropped})
 
     async def reload_settings(request: Request) -> Response:
         """Validate the configuration sources again and switch to them, or keep the current one and say why."""
@@ -140,6 +156,7 @@ def gateway_routes(
         Route("/_gateway/routes", guard.protect(routes), methods=["GET"]),
         Route("/_gateway/config", guard.protect(config), methods=["GET"]),
         Route("/_gateway/reload", guard.protect(reload_settings), methods=["POST"]),
+        Route("/_gateway/cache/purge", guard.protect(purge), methods=["POST"]),
     ]
     if metrics is not None:
 
@@ -154,7 +171,7 @@ def gateway_routes(
                     "metrics": metrics.snapshot(),
                     "routes": route_table(settings),
                     "upstreams": {prefix: [u.describe(now) for u in pool.upstreams] for prefix, pool in pools.items()},
-                    "cache": None,  # no cache yet
+                    "cache_enabled": any(route.cache.enabled for route in settings.routes),
                 }
             )
 

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from gateway import scope as keys
 from gateway.admin import gateway_routes, not_found
 from gateway.balancers import balancer_for
+from gateway.cache import CacheMiddleware, MemoryCacheStore
 from gateway.client import create_client, upstream_tls
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
@@ -100,6 +101,7 @@ class Generation:
     checkers: list[HealthChecker]
     client: httpx.AsyncClient
     store: Store | None
+    cache: MemoryCacheStore | None
 
 
 class Runtime:
@@ -136,6 +138,10 @@ class Runtime:
             client = create_client(settings.client, self._transport)
         store = previous.store if previous is not None and _same_store(previous.settings, settings) else None
         store = store or _rate_limit_store(settings)
+        cache: MemoryCacheStore | None = None
+        if any(route.cache.enabled for route in settings.routes):
+            same = previous is not None and previous.cache is not None and previous.settings.cache == settings.cache
+            cache = previous.cache if same and previous is not None else MemoryCacheStore(settings.cache.max_bytes)
         upstreams = {
             (prefix, upstream.settings): upstream
             for prefix, pool in (previous.pools.items() if previous is not None else ())
@@ -155,7 +161,9 @@ class Runtime:
         limits = settings.rate_limit
         table = RouteTable(
             {
-                route.prefix: _route_stack(route, index, client, resolver, store, limits, pools.get(route.prefix), tls)
+                route.prefix: _route_stack(
+                    route, index, client, resolver, store, limits, pools.get(route.prefix), tls, cache
+                )
                 for index, route in enumerate(settings.routes)
             }
         )
@@ -184,9 +192,9 @@ class Runtime:
             *self._middleware,
             Middleware(GatewayRouter, table=table),
         ]
-        routes = gateway_routes(settings, pools, served_metrics, self.reload)
+        routes = gateway_routes(settings, pools, served_metrics, self.reload, cache)
         self.metrics = metrics
-        return Generation(settings, chain, routes, pools, checkers, client, store)
+        return Generation(settings, chain, routes, pools, checkers, client, store, cache)
 
     def attach(self, app: Starlette, generation: Generation) -> None:
         self._app = app
@@ -364,8 +372,10 @@ def _route_stack(
     limits: RateLimitSettings,
     pool: UpstreamPool | None,
     tls: ssl.SSLContext,
+    cache: MemoryCacheStore | None,
 ) -> ASGIApp:
-    """The route's endpoint inside its own IP filter, rate limits and user middleware (outermost first)."""
+    """The route's endpoint inside its own IP filter, rate limits, user middleware and cache (outermost first:
+    the cache answers only what the route's filters and authentication let through)."""
     endpoint: ASGIApp
     if route.static_dir is not None:
         endpoint = StaticEndpoint(route.prefix, route.static_dir)
@@ -380,6 +390,8 @@ def _route_stack(
     if store is not None and route.rate_limit:
         stack.append(_rate_limits(route.rate_limit, store, limits, f"r:{route.prefix}:"))
     stack += from_settings(route.middleware, f"routes[{index}].middleware")
+    if route.cache.enabled and cache is not None and route.static_dir is None:
+        stack.append(Middleware(CacheMiddleware, settings=route.cache, store=cache))
     try:
         return wrap(endpoint, stack)
     except (TypeError, ValueError) as exc:

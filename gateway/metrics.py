@@ -74,6 +74,12 @@ class GatewayMetrics:
             ["route", "reason"],
             registry=registry,
         )
+        self._cache = Counter(
+            "gateway_cache",
+            "Cached routes' requests by outcome (hit, stale, revalidated, stale_if_error, miss).",
+            ["route", "outcome"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Exchanges in progress.", registry=registry, multiprocess_mode="livesum"
         )
@@ -93,6 +99,7 @@ class GatewayMetrics:
         bytes_in: int,
         bytes_out: int,
         reason: str | None,
+        cache: str | None = None,
     ) -> None:
         """One finished exchange (called by the access-log middleware)."""
         route_label = route or ""
@@ -115,6 +122,8 @@ class GatewayMetrics:
             received.inc(bytes_in)
         if bytes_out:
             sent.inc(bytes_out)
+        if cache is not None:
+            self._cache.labels(route_label, cache).inc()
         if reason is not None:
             if reason in UPSTREAM_FAILURES:
                 self._upstream_failures.labels(route_label, reason).inc()
@@ -139,6 +148,7 @@ class GatewayMetrics:
         refusals: dict[str, float] = {}
         buckets: dict[float, float] = {}
         upstream_failures = in_flight = 0.0
+        cache: dict[str, float] = {}
         for family in registry.collect():
             for sample in family.samples:
                 labels, value = sample.labels, sample.value
@@ -154,6 +164,8 @@ class GatewayMetrics:
                     upstream_failures += value
                 elif sample.name == "gateway_requests_in_flight":
                     in_flight += value
+                elif sample.name == "gateway_cache_total":
+                    cache[labels["outcome"]] = cache.get(labels["outcome"], 0.0) + value
         return {
             "time": time.time(),
             "requests": sum(by_status.values()),
@@ -162,6 +174,7 @@ class GatewayMetrics:
             "refusals": refusals,
             "upstream_failures": upstream_failures,
             "in_flight": in_flight,
+            "cache": cache,
             # [upper bound in seconds (null for +Inf), cumulative count]
             "latency_buckets": [
                 [None if math.isinf(bound) else bound, count] for bound, count in sorted(buckets.items())

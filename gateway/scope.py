@@ -7,3 +7,4 @@ CLIENT_IP = "gateway.client_ip"  # str: the client's address, resolved across tr
 REASON = "gateway.reason"  # str: why the exchange did not go as asked (ip_filter, body_limit, client_closed...)
 TIMINGS = "gateway.timings"  # dict[str, float]: loop times of upstream milestones, for the access log
 EDGE_STATUS = "gateway.edge_status"  # int: the status the server protocol answered with itself (a body deadline)
+CACHE = "gateway.cache"  # str: what the route cache did (hit, stale, revalidated, stale_if_error, miss)

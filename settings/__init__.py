@@ -1,6 +1,7 @@
 """Validated settings for the gateway: one source of truth, read once at start-up."""
 
 from settings.balancing import BalancingSettings, HealthCheckSettings, OutlierSettings, RetrySettings
+from settings.cache import CacheSettings, CacheStoreSettings
 from settings.edge import LimitsSettings, TlsSettings
 from settings.gateway import GatewaySettings, SettingsError, load_settings
 from settings.protection import (
@@ -24,6 +25,8 @@ __all__ = [
     "AccessLogSettings",
     "AdminSettings",
     "BalancingSettings",
+    "CacheSettings",
+    "CacheStoreSettings",
     "ClientSettings",
     "GatewaySettings",
     "HealthCheckSettings",

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import InitSettingsSource
 
+from settings.cache import CacheStoreSettings
 from settings.edge import LimitsSettings, TlsSettings
 from settings.protection import AccessLogSettings, IPFilterSettings, MiddlewareSettings, RateLimitSettings
 from settings.routes import RouteSettings
@@ -52,6 +53,7 @@ class GatewaySettings(BaseSettings):
     client: ClientSettings = Field(ClientSettings(), description="Shared upstream client.")
     admin: AdminSettings = Field(AdminSettings(), description="Who may use the /_gateway/ endpoints.")
     metrics: MetricsSettings = Field(MetricsSettings(), description="Prometheus metrics.")
+    cache: CacheStoreSettings = Field(CacheStoreSettings(), description="The store of cached routes.")
     access_log: AccessLogSettings = Field(AccessLogSettings(), description="Access log.")
     ip_filter: IPFilterSettings = Field(IPFilterSettings(), description="Who may use the gateway at all.")
     rate_limit: RateLimitSettings = Field(RateLimitSettings(), description="Rate limits.")

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from settings.balancing import BalancingSettings, HealthCheckSettings, OutlierSettings, RetrySettings
+from settings.cache import CacheSettings, CacheStoreSettings
 from settings.edge import LimitsSettings, TlsSettings
 from settings.gateway import GatewaySettings
 from settings.protection import (
@@ -42,6 +43,7 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("[client]", "GATEWAY_CLIENT__", ClientSettings),
     ("[admin]", "GATEWAY_ADMIN__", AdminSettings),
     ("[metrics]", "GATEWAY_METRICS__", MetricsSettings),
+    ("[cache]", "GATEWAY_CACHE__", CacheStoreSettings),
     ("[access_log]", "GATEWAY_ACCESS_LOG__", AccessLogSettings),
     ("[ip_filter] and [routes.ip_filter]", "GATEWAY_IP_FILTER__", IPFilterSettings),
     ("[rate_limit]", "GATEWAY_RATE_LIMIT__", RateLimitSettings),
@@ -50,6 +52,7 @@ SECTIONS: list[tuple[str, str, type[BaseModel]]] = [
     ("[[routes]]", "GATEWAY_ROUTES (JSON list)", RouteSettings),
     ("[routes.timeouts]", "inside each route", TimeoutSettings),
     ("[routes.websocket]", "inside each route", WebSocketSettings),
+    ("[routes.cache]", "inside each route", CacheSettings),
     ("[routes.upstream_tls]", "inside each route", UpstreamTlsSettings),
     ("[routes.balancing]", "inside each route", BalancingSettings),
     ("[routes.balancing.health_check]", "inside each route", HealthCheckSettings),

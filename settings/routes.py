@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from settings.balancing import BalancingSettings
+from settings.cache import CacheSettings
 from settings.protection import IPFilterSettings, MiddlewareSettings, RateLimitPolicy
 from settings.sections import UpstreamTlsSettings
 
@@ -107,6 +108,7 @@ class RouteSettings(BaseModel):
     )
     timeouts: TimeoutSettings = Field(TimeoutSettings(), description="Upstream timeouts.")
     websocket: WebSocketSettings = Field(WebSocketSettings(), description="WebSocket sessions on this route.")
+    cache: CacheSettings = Field(CacheSettings(), description="This route's HTTP cache. Default off.")
     upstream_tls: UpstreamTlsSettings | None = Field(
         None, description="This route's upstream TLS (CA bundle, client certificate) instead of `[client]`'s."
     )

@@ -91,6 +91,7 @@ class AccessLogMiddleware:
                 counts["in"],
                 counts["out"],
                 scope.get(keys.REASON),
+                scope.get(keys.CACHE),
             )
         if self._log and scope.get(keys.ROUTE) not in self._quiet_routes and logger.isEnabledFor(logging.INFO):
             _log(scope, status, counts, ended - started, upstream_seconds)
@@ -151,6 +152,7 @@ def _log(scope: Scope, status: int, counts: dict[str, int], seconds: float, upst
         "upstream_ms": round(upstream_seconds * 1000, 3) if upstream_seconds is not None else None,
         "user_agent": user_agent.decode("latin-1"),
         "reason": scope.get(keys.REASON),
+        "cache": scope.get(keys.CACHE),
     }
     # makeRecord + handle, not logger.info(): skips the caller lookup, which costs more than the rest.
     logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, fields, (), None))

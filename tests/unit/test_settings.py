@@ -105,9 +105,9 @@ def test_every_problem_gets_its_own_line() -> None:
 
 def test_unknown_keys_are_errors_in_toml_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text("[server]\nprot = 1\n[cache]\nx = 1\n")
+    config.write_text("[server]\nprot = 1\n[caching]\nx = 1\n")
     monkeypatch.setenv("GATEWAY_CONFIG", str(config))
-    assert sorted(problems_of()) == ["cache: unknown setting", "server.prot: unknown setting"]
+    assert sorted(problems_of()) == ["caching: unknown setting", "server.prot: unknown setting"]
     monkeypatch.delenv("GATEWAY_CONFIG")
     monkeypatch.setenv("GATEWAY_SERVR__PORT", "1")
     assert problems_of() == ["GATEWAY_SERVR__PORT: unknown setting"]

@@ -1,0 +1,266 @@
+"""The per-route HTTP cache (`[routes.cache]`): answers from stored responses, revalidates stale ones, stores
+what RFC 9111 allows a shared cache to store, and invalidates after unsafe methods. Says what it did in a
+`Cache-Status` header (RFC 9211)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import scope as keys
+from gateway.cache.policy import (
+    SAFE_METHODS,
+    Header,
+    Stored,
+    age_header,
+    first,
+    freshened,
+    freshness_lifetime,
+    judge,
+    not_modified_for,
+    parse_cache_control,
+    stale_if_error,
+    storable,
+    stored_headers,
+    vary_snapshot,
+)
+from gateway.cache.store import MemoryCacheStore
+from gateway.errors import send_problem
+from settings import CacheSettings
+
+logger = logging.getLogger("gateway.cache")
+
+CACHE_STATUS = b"cache-status"
+_CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"})
+
+
+class CacheMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: CacheSettings,
+        store: MemoryCacheStore,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.app = app
+        self._settings = settings
+        self._store = store
+        self._clock = clock or (lambda: wall_clock())
+        self._collapsing: dict[str, asyncio.Event] = {}  # keys with a miss in flight upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        key = cache_key(scope)
+        if method not in ("GET", "HEAD"):
+            if method in SAFE_METHODS:
+                await self.app(scope, receive, send)
+            else:
+                await self._unsafe(scope, receive, send, key)
+            return
+        headers: list[Header] = scope["headers"]
+        if await self._served_from_store(scope, send, key):
+            return
+        leader = self._collapsing.get(key)
+        if leader is not None and not parse_cache_control(headers).has("no-cache"):
+            # Request collapsing: a miss for this key is already on its way upstream; wait for it (bounded),
+            # then look again.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.collapse_seconds):
+                    await leader.wait()
+            if await self._served_from_store(scope, send, key):
+                return
+        variants = self._store.get(key)
+        stored = next((variant for variant in variants if variant.matches(headers)), None)
+        if parse_cache_control(headers).has("only-if-cached"):
+            await send_problem(
+                send,
+                504,
+                "The response is not in the cache.",
+                scope.get(keys.REQUEST_ID, ""),
+                [(CACHE_STATUS, b"gateway; fwd=miss; detail=only-if-cached")],
+            )
+            return
+        miss = b"fwd=uri-miss" if not variants else (b"fwd=vary-miss" if stored is None else b"fwd=stale")
+        scope[keys.CACHE] = "miss"
+        done = self._collapsing.setdefault(key, asyncio.Event())
+        try:
+            await self._forward(scope, receive, send, key, stored, miss)
+        finally:
+            if self._collapsing.get(key) is done:
+                del self._collapsing[key]
+                done.set()
+
+    async def _served_from_store(self, scope: Scope, send: Send, key: str) -> bool:
+        """Answer from a stored response when one is fresh enough for this request (or allowed stale)."""
+        headers: list[Header] = scope["headers"]
+        now = self._clock()
+        stored = next((variant for variant in self._store.get(key) if variant.matches(headers)), None)
+        if stored is None:
+            return False
+        verdict = judge(stored, headers, now)
+        if not (verdict.fresh or verdict.stale_allowed):
+            return False
+        scope[keys.CACHE] = "hit" if verdict.fresh else "stale"
+        await self._answer(scope, send, stored, now, b"hit" if verdict.fresh else b"hit; fwd=stale")
+        return True
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, key: str, stored: Stored | None, miss: bytes
+    ) -> None:
+        """To the upstream: conditionally when a stored response has validators; store what comes back."""
+        method = scope["method"]
+        client_headers: list[Header] = scope["headers"]
+        validating = stored is not None and _validators(stored)
+        upstream_scope = scope
+        if validating:
+            assert stored is not None
+            upstream_scope = {**scope, "headers": [*_without_conditionals(client_headers), *_validators(stored)]}
+        request_time = self._clock()
+        state: dict[str, Any] = {"status": 0, "headers": [], "chunks": [], "size": 0, "held": False, "storing": False}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                state.update(status=status, headers=headers, response_time=self._clock())
+                if validating and status == 304:
+                    state["held"] = True  # answered below from the freshened stored response
+                    return
+                if stored is not None and status >= 500 and stale_if_error(stored, client_headers, self._clock()):
+                    state["held"] = "error"
+                    return
+                state["storing"] = method == "GET" and storable(
+                    method,
+                    status,
+                    client_headers,
+                    headers,
+                    store_without_freshness=self._settings.store_without_freshness,
+                )
+                outcome = miss + (b"; stored" if state["storing"] else b"")
+                if validating:
+                    outcome += b"; fwd-status=%d" % status
+                message = {**message, "headers": [*headers, (CACHE_STATUS, b"gateway; " + outcome)]}
+            elif message["type"] == "http.response.body" and state["held"]:
+                return
+            elif message["type"] == "http.response.body" and state["storing"]:
+                chunk = message.get("body", b"")
+                state["size"] += len(chunk)
+                if state["size"] > self._settings.max_object_bytes:
+                    state["storing"] = False  # too big: streams through, never buffered
+                    state["chunks"] = []
+                else:
+                    state["chunks"].append(chunk)
+                if not message.get("more_body", False) and state["storing"]:
+                    self._store_response(key, scope, state, request_time)
+            await send(message)
+
+        await self.app(upstream_scope, receive, capture)
+        if state["held"] is True:
+            assert stored is not None
+            renewed = freshened(stored, state["headers"], request_time, state["response_time"])
+            self._store.replace(key, stored, renewed)
+            scope[keys.CACHE] = "revalidated"
+            await self._answer(scope, send, renewed, self._clock(), b"fwd=stale; fwd-status=304")
+        elif state["held"] == "error":
+            assert stored is not None
+            scope[keys.CACHE] = "stale_if_error"
+            await self._answer(scope, send, stored, self._clock(), b"hit; fwd=stale; detail=stale-if-error")
+
+    def _store_response(self, key: str, scope: Scope, state: dict[str, Any], request_time: float) -> None:
+        headers = stored_headers(state["headers"])
+        status: int = state["status"]
+        settings = self._settings
+        lifetime = freshness_lifetime(
+            status,
+            headers,
+            heuristic=settings.heuristic,
+            fraction=settings.heuristic_fraction,
+            cap=settings.heuristic_max_seconds,
+        )
+        if lifetime == 0 and settings.store_without_freshness and settings.default_ttl:
+            lifetime = settings.default_ttl
+        stored = Stored(
+            status,
+            headers,
+            b"".join(state["chunks"]),
+            request_time,
+            state["response_time"],
+            lifetime,
+            vary_snapshot(scope["headers"], headers),
+        )
+        self._store.put(key, stored)
+
+    async def _answer(self, scope: Scope, send: Send, stored: Stored, now: float, detail: bytes) -> None:
+        """A response from the cache: the stored headers with a computed Age, or 304 for a matching condition."""
+        client_headers: list[Header] = scope["headers"]
+        conditional = any(name in (b"if-none-match", b"if-modified-since") for name, _ in client_headers)
+        status = stored.status
+        body = stored.body
+        headers = [(name, value) for name, value in stored.headers if name.lower() != b"age"]
+        if conditional and status == 200 and not_modified_for(stored, client_headers):
+            status, body = 304, b""
+            headers = [(name, value) for name, value in headers if name.lower() not in (b"content-length",)]
+        headers += [(b"age", age_header(stored, now)), (CACHE_STATUS, b"gateway; " + detail)]
+        if status != 304 and not any(name.lower() == b"content-length" for name, _ in headers):
+            headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    async def _unsafe(self, scope: Scope, receive: Receive, send: Send, key: str) -> None:
+        """RFC 9111 4.4: a non-error answer to an unsafe method invalidates the target and same-origin
+        Location / Content-Location."""
+        outcome: dict[str, Any] = {"status": 0, "headers": []}
+
+        async def observe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                outcome["status"] = message["status"]
+                outcome["headers"] = message.get("headers", [])
+            await send(message)
+
+        await self.app(scope, receive, observe)
+        if 200 <= outcome["status"] < 400:
+            self._store.drop(key)
+            host = key.split(" ", 1)[0]
+            for name in (b"location", b"content-location"):
+                target = first(outcome["headers"], name)
+                if target is not None and target.startswith(b"/"):
+                    self._store.drop(f"{host} {target.decode('latin-1')}")
+
+
+def wall_clock() -> float:
+    """Seconds since the epoch: stored responses are dated by the upstream's Date header (tests replace this)."""
+    return time.time()
+
+
+def cache_key(scope: Scope) -> str:
+    """Host and target: what identifies a resource for this cache (the method is GET for HEAD too)."""
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"").lower()
+    target = scope.get("raw_path") or scope["path"].encode()
+    if scope["query_string"]:
+        target += b"?" + scope["query_string"]
+    return f"{host.decode('latin-1')} {target.decode('latin-1')}"
+
+
+def _validators(stored: Stored) -> list[Header]:
+    conditions = []
+    etag = first(stored.headers, b"etag")
+    if etag is not None:
+        conditions.append((b"if-none-match", etag))
+    last_modified = first(stored.headers, b"last-modified")
+    if last_modified is not None:
+        conditions.append((b"if-modified-since", last_modified))
+    return conditions
+
+
+def _without_conditionals(headers: list[Header]) -> list[Header]:
+    return [(name, value) for name, value in headers if name.lower() not in _CONDITIONALS]

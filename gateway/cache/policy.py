@@ -1,0 +1,324 @@
+"""RFC 9111 rules for a shared cache, as pure functions over headers and an injected clock.
+
+Nothing here does I/O: the middleware asks these functions whether a response may be stored, how fresh a
+stored one is, and whether it may answer a request. Malformed values are read as the RFC says: an invalid
+max-age or Expires makes a response stale, never fresh; unknown directives are ignored.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+Header = tuple[bytes, bytes]
+
+# RFC 9110 15.1: statuses cacheable by default (heuristic freshness allowed).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# Statuses this cache understands well enough to store (RFC 9111 3: "understood" status codes).
+UNDERSTOOD_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
+# RFC 9111 3.1: never stored, and those named by Connection too.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade", b"trailer"}
+)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def header_values(headers: Iterable[Header], name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+@dataclass(frozen=True)
+class Directives:
+    """Cache-Control directives: name -> argument ("" when none). Later duplicates do not override earlier ones."""
+
+    values: dict[str, str] = field(default_factory=dict)
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def seconds(self, name: str) -> int | None:
+        """A delta-seconds argument; -1 when present but invalid (callers treat that as "stale")."""
+        if name not in self.values:
+            return None
+        argument = self.values[name]
+        if not argument.isdigit():
+            return -1
+        return min(int(argument), 2**31)  # RFC 9111 1.2.2: cap, never overflow
+
+
+def parse_cache_control(headers: Iterable[Header]) -> Directives:
+    values: dict[str, str] = {}
+    for line in header_values(headers, b"cache-control"):
+        for item in _split(line.decode("latin-1")):
+            name, _, argument = item.partition("=")
+            name = name.strip().lower()
+            argument = argument.strip()
+            if len(argument) >= 2 and argument[0] == argument[-1] == '"':
+                argument = argument[1:-1]
+            if name:
+                values.setdefault(name, argument)
+    return Directives(values)
+
+
+def _split(text: str) -> list[str]:
+    """Comma-separated items, keeping commas inside quoted strings (`no-cache="a, b"`)."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def http_date(value: bytes | None) -> float | None:
+    """An HTTP-date as a timestamp; None when absent or invalid."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.timestamp()
+
+
+def first(headers: Iterable[Header], name: bytes) -> bytes | None:
+    values = header_values(headers, name)
+    return values[0] if values else None
+
+
+def storable(
+    method: str,
+    status: int,
+    request_headers: Sequence[Header],
+    response_headers: Sequence[Header],
+    *,
+    store_without_freshness: bool = False,
+) -> bool:
+    """RFC 9111 3: may a shared cache store this response?"""
+    if method not in ("GET", "HEAD") or status not in UNDERSTOOD_STATUSES:
+        return False
+    request = parse_cache_control(request_headers)
+    response = parse_cache_control(response_headers)
+    if request.has("no-store") or response.has("no-store"):
+        return False
+    if response.has("private") and not response.values["private"]:
+        return False  # private with field names: those fields are dropped when storing (see stored_headers)
+    if header_values(response_headers, b"vary") and any(
+        value.strip() == b"*" for line in header_values(response_headers, b"vary") for value in line.split(b",")
+    ):
+        return False  # Vary: * never matches a later request
+    if first(request_headers, b"authorization") is not None and not (
+        response.has("public") or response.has("s-maxage") or response.has("must-revalidate")
+    ):
+        return False  # 3.5
+    explicit = (
+        response.has("public")
+        or response.has("s-maxage")
+        or response.has("max-age")
+        or first(response_headers, b"expires") is not None
+    )
+    if explicit:
+        return True
+    if status in HEURISTIC_STATUSES and first(response_headers, b"last-modified") is not None:
+        return True
+    has_validator = first(response_headers, b"etag") is not None
+    return store_without_freshness and (has_validator or status in HEURISTIC_STATUSES)
+
+
+def stored_headers(headers: Sequence[Header]) -> list[Header]:
+    """Headers kept with a stored response: no hop-by-hop ones, none named by Connection, none named by
+    `private="..."` or `no-cache="..."` (those may not be sent to other clients without revalidation)."""
+    named: set[bytes] = set()
+    for line in header_values(headers, b"connection"):
+        named.update(token.strip().lower() for token in line.split(b","))
+    directives = parse_cache_control(headers)
+    for qualified in ("private", "no-cache"):
+        if directives.values.get(qualified):
+            named.update(token.strip().lower().encode() for token in directives.values[qualified].split(","))
+    return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP | named]
+
+
+def freshness_lifetime(
+    status: int, headers: Sequence[Header], *, heuristic: bool = True, fraction: float = 0.1, cap: float = 86400.0
+) -> float:
+    """RFC 9111 4.2.1 for a shared cache: s-maxage, max-age, Expires - Date, or a heuristic; 0 when stale."""
+    directives = parse_cache_control(headers)
+    for name in ("s-maxage", "max-age"):
+        seconds = directives.seconds(name)
+        if seconds is not None:
+            return max(seconds, 0) if seconds >= 0 else 0.0
+    expires_values = header_values(headers, b"expires")
+    if expires_values:
+        expires = http_date(expires_values[0])
+        if expires is None or len(expires_values) > 1:
+            return 0.0  # an invalid (or ambiguous) Expires means already expired
+        date = http_date(first(headers, b"date"))
+        return max(0.0, expires - date) if date is not None else 0.0
+    last_modified = http_date(first(headers, b"last-modified"))
+    if heuristic and status in HEURISTIC_STATUSES and last_modified is not None and not directives.has("no-cache"):
+        date = http_date(first(headers, b"date"))
+        if date is not None and date > last_modified:
+            return min((date - last_modified) * fraction, cap)
+    return 0.0
+
+
+@dataclass
+class Stored:
+    """A stored response with what its age is computed from (RFC 9111 4.2.3)."""
+
+    status: int
+    headers: list[Header]
+    body: bytes
+    request_time: float
+    response_time: float
+    lifetime: float
+    vary: list[tuple[bytes, bytes | None]]  # (request header, its value then) for each field Vary names
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(name) + len(value) for name, value in self.headers) + 200
+
+    def current_age(self, now: float) -> float:
+        age_value = _age_header(self.headers)
+        date = http_date(first(self.headers, b"date"))
+        apparent_age = max(0.0, self.response_time - date) if date is not None else 0.0
+        response_delay = self.response_time - self.request_time
+        corrected_age_value = age_value + response_delay
+        corrected_initial_age = max(apparent_age, corrected_age_value)
+        return corrected_initial_age + (now - self.response_time)
+
+    def directives(self) -> Directives:
+        return parse_cache_control(self.headers)
+
+    def matches(self, request_headers: Sequence[Header]) -> bool:
+        """RFC 9111 4.1: every field named by Vary has the same (normalised) value as when stored."""
+        return all(_vary_value(request_headers, name) == value for name, value in self.vary)
+
+
+def _age_header(headers: Sequence[Header]) -> float:
+    value = first(headers, b"age")
+    if value is None:
+        return 0.0
+    text = value.strip()
+    return float(min(int(text), 2**31)) if text.isdigit() else 0.0  # an invalid Age is ignored
+
+
+def _vary_value(headers: Sequence[Header], name: bytes) -> bytes | None:
+    values = header_values(headers, name)
+    if not values:
+        return None
+    return b",".join(b" ".join(value.split()) for value in values).lower()
+
+
+def vary_snapshot(
+    request_headers: Sequence[Header], response_headers: Sequence[Header]
+) -> list[tuple[bytes, bytes | None]]:
+    names = [
+        token.strip().lower()
+        for line in header_values(response_headers, b"vary")
+        for token in line.split(b",")
+        if token.strip()
+    ]
+    return [(name, _vary_value(request_headers, name)) for name in names]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a stored response may do for a request."""
+
+    fresh: bool  # usable as is
+    stale_allowed: bool  # stale, but the request's max-stale allows serving it
+    must_revalidate: bool  # stale (or no-cache) and must not be served without validation
+
+
+def judge(stored: Stored, request_headers: Sequence[Header], now: float) -> Verdict:
+    """RFC 9111 4.2 and 5.2: is `stored` fresh enough for this request?"""
+    request = parse_cache_control(request_headers)
+    response = stored.directives()
+    age = stored.current_age(now)
+    lifetime = stored.lifetime
+    pragma = first(request_headers, b"pragma") or b""
+    if request.has("no-cache") or (not request.values and b"no-cache" in pragma.lower()):  # 5.4: Pragma, legacy
+        return Verdict(False, False, True)
+    if response.has("no-cache") and not response.values["no-cache"]:
+        return Verdict(False, False, True)
+    max_age = request.seconds("max-age")
+    if max_age is not None and (max_age < 0 or age > max_age):
+        return Verdict(False, False, True)
+    min_fresh = request.seconds("min-fresh")
+    needed = age + (min_fresh if min_fresh and min_fresh > 0 else 0)
+    if lifetime > needed:
+        return Verdict(True, False, False)
+    no_stale = response.has("must-revalidate") or response.has("proxy-revalidate") or response.has("s-maxage")
+    if not no_stale and request.has("max-stale"):
+        limit = request.seconds("max-stale")
+        staleness = age - lifetime
+        if request.values["max-stale"] == "" or (limit is not None and limit >= 0 and staleness <= limit):
+            return Verdict(False, True, False)
+    return Verdict(False, False, True)
+
+
+def stale_if_error(stored: Stored, request_headers: Sequence[Header], now: float) -> bool:
+    """RFC 5861 4: may this stale response answer when the upstream errs?"""
+    response = stored.directives()
+    if response.has("must-revalidate") or response.has("proxy-revalidate") or response.has("s-maxage"):
+        return False
+    staleness = stored.current_age(now) - stored.lifetime
+    for directives in (parse_cache_control(request_headers), response):
+        window = directives.seconds("stale-if-error")
+        if window is not None and window >= 0 and staleness <= window:
+            return True
+    return False
+
+
+def age_header(stored: Stored, now: float) -> bytes:
+    return str(min(math.floor(stored.current_age(now)), 2**31)).encode()
+
+
+def freshened(stored: Stored, not_modified: Sequence[Header], request_time: float, response_time: float) -> Stored:
+    """RFC 9111 4.3.4: a 304 updates the stored headers (except framing ones) and restarts its age."""
+    replaced = {name.lower() for name, _ in not_modified} - {
+        b"content-length",
+        b"content-encoding",
+        b"transfer-encoding",
+    }
+    headers = [(name, value) for name, value in stored.headers if name.lower() not in replaced]
+    headers += [(name, value) for name, value in stored_headers(not_modified) if name.lower() in replaced]
+    return Stored(
+        stored.status,
+        headers,
+        stored.body,
+        request_time,
+        response_time,
+        freshness_lifetime(stored.status, headers),
+        stored.vary,
+    )
+
+
+def not_modified_for(stored: Stored, request_headers: Sequence[Header]) -> bool:
+    """RFC 9110 13.1.2/13.1.3 for a client's conditional GET/HEAD answered from the cache."""
+    etag = first(stored.headers, b"etag")
+    if_none_match = header_values(request_headers, b"if-none-match")
+    if if_none_match:
+        if etag is None:
+            return False
+        tags = [tag.strip() for line in if_none_match for tag in line.split(b",")]
+        return b"*" in tags or _weak(etag) in {_weak(tag) for tag in tags}
+    since = http_date(first(request_headers, b"if-modified-since"))
+    modified = http_date(first(stored.headers, b"last-modified")) or http_date(first(stored.headers, b"date"))
+    return since is not None and modified is not None and modified <= since
+
+
+def _weak(tag: bytes) -> bytes:
+    return tag.removeprefix(b"W/")

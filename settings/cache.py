@@ -1,0 +1,44 @@
+"""`[routes.cache]` (a route's shared HTTP cache, RFC 9111) and `[cache]` (the store they share)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MIB = 1024 * 1024
+
+
+class CacheSettings(BaseModel):
+    """A route's cache; off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="Cache this route's GET responses as a shared cache. Default false.")
+    max_object_bytes: int = Field(
+        MIB, ge=0, description="Largest response stored; bigger ones stream through unbuffered. Default 1 MiB."
+    )
+    heuristic: bool = Field(
+        True, description="Heuristic freshness for responses with Last-Modified but no explicit one. Default true."
+    )
+    heuristic_fraction: float = Field(
+        0.1, gt=0, le=1, description="Heuristic lifetime as a share of (Date - Last-Modified). Default 0.1."
+    )
+    heuristic_max_seconds: float = Field(86400, ge=0, description="Cap of the heuristic lifetime. Default 86400.")
+    store_without_freshness: bool = Field(
+        False,
+        description="Also store responses with neither freshness nor Last-Modified (stale at once: revalidated "
+        "with their ETag, or kept `default_ttl`). Default false, as the RFC expects.",
+    )
+    collapse_seconds: float = Field(
+        5.0, ge=0, description="How long concurrent misses for one URL wait for the first (collapsing). Default 5."
+    )
+    default_ttl: float = Field(
+        0, ge=0, description="With `store_without_freshness`: lifetime for such responses. Default 0."
+    )
+
+
+class CacheStoreSettings(BaseModel):
+    """The store every cached route shares (per worker process)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int = Field(64 * MIB, ge=0, description="Memory for stored responses, LRU beyond. Default 64 MiB.")

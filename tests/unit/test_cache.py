@@ -1,0 +1,251 @@
+"""The route cache in-process: respx upstreams that count their calls, and a clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from gateway import create_app
+from gateway.cache import middleware
+from tests.conftest import settings_with
+
+pytestmark = pytest.mark.anyio
+
+API = "http://api.internal"
+START = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+    def date(self) -> str:
+        return email.utils.formatdate(self.now, usegmt=True)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    fake = Clock()
+    monkeypatch.setattr(middleware, "wall_clock", fake)
+    yield fake
+
+
+def gateway(router: respx.MockRouter, **cache: Any) -> httpx.AsyncClient:
+    route = {"prefix": "/", "upstreams": [API], "cache": {"enabled": True, **cache}}
+    app = create_app(settings_with(route), transport=httpx.MockTransport(router.async_handler))
+    transport = httpx.ASGITransport(app, client=("127.0.0.1", 5000))
+    return httpx.AsyncClient(transport=transport, base_url="http://gw.test")
+
+
+def answer(clock: Clock, *, body: str = "v1", status: int = 200, **headers: str) -> httpx.Response:
+    return httpx.Response(status, text=body, headers={"date": clock.date(), **headers})
+
+
+async def test_a_fresh_response_is_served_from_the_cache_with_its_age(clock: Clock) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/page").mock(
+        side_effect=lambda request: answer(clock, **{"cache-control": "max-age=60"})
+    )
+    async with gateway(router) as client:
+        first = await client.get("/page")
+        clock.now += 25
+        second = await client.get("/page")
+        head = await client.head("/page")
+        clock.now += 40
+        third = await client.get("/page")
+        metrics = (await client.get("/_gateway/metrics")).text
+    assert first.headers["cache-status"] == "gateway; fwd=uri-miss; stored"
+    assert 'gateway_cache_total{outcome="hit",route="/"} 2.0' in metrics  # the GET and the HEAD
+    assert 'gateway_cache_total{outcome="miss",route="/"} 2.0' in metrics
+    assert (second.text, second.headers["age"], second.headers["cache-status"]) == ("v1", "25", "gateway; hit")
+    assert head.status_code == 200 and head.content == b"" and head.headers["age"] == "25"
+    assert third.headers["cache-status"].startswith("gateway; fwd=stale")
+    assert upstream.call_count == 2
+
+
+async def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(clock: Clock) -> None:
+    router = respx.MockRouter()
+    seen: list[str | None] = []
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("if-none-match"))
+        if request.headers.get("if-none-match") == '"v1"':
+            return httpx.Response(304, headers={"date": clock.date(), "cache-control": "max-age=60", "x-v": "2"})
+        return answer(clock, etag='"v1"', **{"cache-control": "max-age=10", "x-v": "1"})
+
+    router.get(f"{API}/doc").mock(side_effect=origin)
+    async with gateway(router) as client:
+        await client.get("/doc")
+        clock.now += 30
+        revalidated = await client.get("/doc")
+        clock.now += 30
+        hit = await client.get("/doc")
+    assert seen == [None, '"v1"']
+    assert revalidated.status_code == 200 and revalidated.text == "v1"
+    assert revalidated.headers["x-v"] == "2"
+    assert revalidated.headers["cache-status"] == "gateway; fwd=stale; fwd-status=304"
+    assert hit.headers["cache-status"] == "gateway; hit" and hit.headers["age"] == "30"
+
+
+async def test_client_conditionals_get_304_from_the_cache(clock: Clock) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/doc").mock(
+        side_effect=lambda request: answer(clock, etag='"v1"', **{"cache-control": "max-age=60"})
+    )
+    async with gateway(router) as client:
+        await client.get("/doc")
+        matching = await client.get("/doc", headers={"if-none-match": '"v1"'})
+        other = await client.get("/doc", headers={"if-none-match": '"v0"'})
+    assert matching.status_code == 304 and matching.content == b""
+    assert other.status_code == 200 and other.text == "v1"
+    assert upstream.call_count == 1
+
+
+async def test_vary_keeps_one_variant_per_value(clock: Clock) -> None:
+    router = respx.MockRouter()
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        language = request.headers.get("accept-language", "none")
+        return answer(clock, body=language, vary="Accept-Language", **{"cache-control": "max-age=60"})
+
+    upstream = router.get(f"{API}/greeting").mock(side_effect=origin)
+    async with gateway(router) as client:
+        texts = [
+            (await client.get("/greeting", headers={"accept-language": language})).text
+            for language in ("en", "fr", "en", "fr")
+        ]
+    assert texts == ["en", "fr", "en", "fr"]
+    assert upstream.call_count == 2
+
+
+async def test_unsafe_methods_invalidate_the_target_and_its_location(clock: Clock) -> None:
+    router = respx.MockRouter()
+    items = router.get(f"{API}/items").mock(
+        side_effect=lambda request: answer(clock, **{"cache-control": "max-age=60"})
+    )
+    item = router.get(f"{API}/items/7").mock(
+        side_effect=lambda request: answer(clock, **{"cache-control": "max-age=60"})
+    )
+    router.post(f"{API}/items").mock(side_effect=lambda request: httpx.Response(201, headers={"location": "/items/7"}))
+    router.delete(f"{API}/items/7").mock(side_effect=lambda request: httpx.Response(500))
+    async with gateway(router) as client:
+        await client.get("/items")
+        await client.get("/items/7")
+        await client.delete("/items/7")  # an error answer invalidates nothing
+        await client.get("/items/7")
+        await client.post("/items", content=b"{}")
+        await client.get("/items")
+        await client.get("/items/7")
+    assert items.call_count == 2 and item.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "response_headers"),
+    [
+        ({"authorization": "Bearer alice"}, {"cache-control": "max-age=60"}),
+        ({}, {"cache-control": "private, max-age=60"}),
+        ({}, {"cache-control": "no-store"}),
+        ({"cache-control": "no-store"}, {"cache-control": "max-age=60"}),
+        ({}, {}),
+    ],
+)
+async def test_what_must_not_be_shared_is_never_served_to_another_client(
+    clock: Clock, request_headers: dict[str, str], response_headers: dict[str, str]
+) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/me").mock(
+        side_effect=lambda request: answer(clock, body=request.headers.get("authorization", "anon"), **response_headers)
+    )
+    async with gateway(router) as client:
+        await client.get("/me", headers=request_headers)
+        other = await client.get("/me", headers={"authorization": "Bearer bob"})
+    assert other.text == "Bearer bob"
+    assert upstream.call_count == 2
+
+
+async def test_responses_over_the_object_limit_stream_through_uncached(clock: Clock) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/big").mock(
+        side_effect=lambda request: answer(clock, body="x" * 5000, **{"cache-control": "max-age=60"})
+    )
+    async with gateway(router, max_object_bytes=1000) as client:
+        first = await client.get("/big")
+        second = await client.get("/big")
+    assert len(first.text) == len(second.text) == 5000
+    assert upstream.call_count == 2
+
+
+async def test_only_if_cached_and_stale_if_error(clock: Clock) -> None:
+    router = respx.MockRouter()
+    calls = {"n": 0}
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            return httpx.Response(503, text="down")
+        return answer(clock, **{"cache-control": "max-age=10, stale-if-error=300"})
+
+    router.get(f"{API}/feed").mock(side_effect=origin)
+    async with gateway(router) as client:
+        missing = await client.get("/feed", headers={"cache-control": "only-if-cached"})
+        await client.get("/feed")
+        clock.now += 60
+        rescued = await client.get("/feed")
+    assert missing.status_code == 504
+    assert rescued.status_code == 200 and rescued.text == "v1"
+    assert rescued.headers["cache-status"] == "gateway; hit; fwd=stale; detail=stale-if-error"
+
+
+async def test_request_no_cache_forces_a_trip_to_the_upstream(clock: Clock) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/x").mock(side_effect=lambda request: answer(clock, **{"cache-control": "max-age=60"}))
+    async with gateway(router) as client:
+        await client.get("/x")
+        await client.get("/x", headers={"cache-control": "no-cache"})
+        clock.now += 1
+        await client.get("/x", headers={"cache-control": "max-age=0"})
+    assert upstream.call_count == 3
+
+
+async def test_purge_drops_one_url_or_a_prefix(clock: Clock) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(url__regex=rf"{API}/.*").mock(
+        side_effect=lambda request: answer(clock, **{"cache-control": "max-age=600"})
+    )
+    async with gateway(router) as client:
+        for path in ("/a/1", "/a/2?x=1", "/b/1"):
+            await client.get(path)
+        one = await client.post("/_gateway/cache/purge", json={"path": "/b/1"})
+        below = await client.post("/_gateway/cache/purge", json={"path": "/a/", "prefix": True})
+        wrong = await client.post("/_gateway/cache/purge", json={"path": "no-slash"})
+        for path in ("/a/1", "/a/2?x=1", "/b/1"):
+            await client.get(path)
+    assert (one.json(), below.json(), wrong.status_code) == ({"purged": 1}, {"purged": 2}, 400)
+    assert upstream.call_count == 6
+
+
+async def test_concurrent_misses_collapse_into_one_upstream_request(clock: Clock) -> None:
+    router = respx.MockRouter()
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return answer(clock, **{"cache-control": "max-age=60"})
+
+    upstream = router.get(f"{API}/hot").mock(side_effect=slow)
+    async with gateway(router) as client:
+        waiting = [asyncio.create_task(client.get("/hot")) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        release.set()
+        responses = await asyncio.gather(*waiting)
+    assert [response.text for response in responses] == ["v1"] * 10
+    assert upstream.call_count == 1
