@@ -26,6 +26,7 @@ from gateway.cache.policy import (
     not_modified_for,
     parse_cache_control,
     stale_if_error,
+    stale_while_revalidate,
     storable,
     stored_headers,
     vary_snapshot,
@@ -54,6 +55,7 @@ class CacheMiddleware:
         self._store = store
         self._clock = clock or (lambda: wall_clock())
         self._collapsing: dict[str, asyncio.Event] = {}  # keys with a miss in flight upstream
+        self._refreshes: set[asyncio.Task[None]] = set()  # background revalidations (kept referenced)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,6 +70,9 @@ class CacheMiddleware:
                 await self._unsafe(scope, receive, send, key)
             return
         headers: list[Header] = scope["headers"]
+        if any(name == b"range" for name, _ in headers):
+            await self.app(scope, receive, send)  # partial content is not stored here: the upstream answers
+            return
         if await self._served_from_store(scope, send, key):
             return
         leader = self._collapsing.get(key)
@@ -108,11 +113,52 @@ class CacheMiddleware:
         if stored is None:
             return False
         verdict = judge(stored, headers, now)
-        if not (verdict.fresh or verdict.stale_allowed):
-            return False
-        scope[keys.CACHE] = "hit" if verdict.fresh else "stale"
-        await self._answer(scope, send, stored, now, b"hit" if verdict.fresh else b"hit; fwd=stale")
-        return True
+        if verdict.fresh or verdict.stale_allowed:
+            scope[keys.CACHE] = "hit" if verdict.fresh else "stale"
+            await self._answer(scope, send, stored, now, b"hit" if verdict.fresh else b"hit; fwd=stale")
+            return True
+        no_cache = parse_cache_control(headers).has("no-cache")
+        if not no_cache and stale_while_revalidate(stored, now):
+            self._refresh_in_background(scope, key, stored)
+            scope[keys.CACHE] = "stale"
+            await self._answer(scope, send, stored, now, b"hit; fwd=stale; detail=stale-while-revalidate")
+            return True
+        return False
+
+    def _refresh_in_background(self, scope: Scope, key: str, stored: Stored) -> None:
+        """Revalidate (or refetch) a stale entry without a client waiting; one at a time per URL."""
+        if key in self._collapsing:
+            return
+        done = self._collapsing[key] = asyncio.Event()
+        background = {**scope, "method": "GET", "headers": list(scope["headers"])}
+        background.pop(keys.TIMINGS, None)  # the client's request has its own
+        body_sent = False
+
+        async def no_body() -> Message:
+            """An empty body, then a client that stays until the exchange ends (never a disconnect)."""
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable: the wait ends by cancellation")
+
+        async def discard(message: Message) -> None:
+            pass
+
+        async def refresh() -> None:
+            try:
+                await self._forward(background, no_body, discard, key, stored, b"fwd=stale")
+            except Exception:  # a failed refresh leaves the stale entry; the next request tries again
+                logger.exception("background revalidation of %s failed", key)
+            finally:
+                if self._collapsing.get(key) is done:
+                    del self._collapsing[key]
+                    done.set()
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, key: str, stored: Stored | None, miss: bytes

@@ -23,6 +23,9 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade", b"trailer"}
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Set by the upstream for the client that caused the response; handing it to other clients from the cache
+# would share one user's session with the next (the RFC allows storing it; shared caches usually do not).
+NEVER_SHARED = frozenset({b"set-cookie"})
 
 
 def header_values(headers: Iterable[Header], name: bytes) -> list[bytes]:
@@ -110,7 +113,8 @@ def storable(
         return False
     request = parse_cache_control(request_headers)
     response = parse_cache_control(response_headers)
-    if request.has("no-store") or response.has("no-store"):
+    # 5.2.2.3: must-understand with an understood status overrides no-store (it is there for older caches).
+    if request.has("no-store") or (response.has("no-store") and not response.has("must-understand")):
         return False
     if response.has("private") and not response.values["private"]:
         return False  # private with field names: those fields are dropped when storing (see stored_headers)
@@ -146,7 +150,7 @@ def stored_headers(headers: Sequence[Header]) -> list[Header]:
     for qualified in ("private", "no-cache"):
         if directives.values.get(qualified):
             named.update(token.strip().lower().encode() for token in directives.values[qualified].split(","))
-    return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP | named]
+    return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP | NEVER_SHARED | named]
 
 
 def freshness_lifetime(
@@ -280,6 +284,18 @@ def stale_if_error(stored: Stored, request_headers: Sequence[Header], now: float
         if window is not None and window >= 0 and staleness <= window:
             return True
     return False
+
+
+def stale_while_revalidate(stored: Stored, now: float) -> bool:
+    """RFC 5861 3: may this stale response answer at once while it is revalidated in the background?"""
+    response = stored.directives()
+    if response.has("must-revalidate") or response.has("proxy-revalidate") or response.has("s-maxage"):
+        return False
+    if response.has("no-cache"):
+        return False
+    window = response.seconds("stale-while-revalidate")
+    staleness = stored.current_age(now) - stored.lifetime
+    return window is not None and window >= 0 and 0 < staleness <= window
 
 
 def age_header(stored: Stored, now: float) -> bytes:

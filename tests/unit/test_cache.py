@@ -249,3 +249,43 @@ async def test_concurrent_misses_collapse_into_one_upstream_request(clock: Clock
         responses = await asyncio.gather(*waiting)
     assert [response.text for response in responses] == ["v1"] * 10
     assert upstream.call_count == 1
+
+
+async def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(clock: Clock) -> None:
+    router = respx.MockRouter()
+    versions = iter(["v1", "v2", "v3"])
+    upstream = router.get(f"{API}/news").mock(
+        side_effect=lambda request: answer(
+            clock, body=next(versions), **{"cache-control": "max-age=10, stale-while-revalidate=60"}
+        )
+    )
+    async with gateway(router) as client:
+        await client.get("/news")
+        clock.now += 30
+        stale = await client.get("/news")
+        for _ in range(100):  # the refresh runs in the background: wait for it, bounded
+            if upstream.call_count == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        refreshed = await client.get("/news")
+        clock.now += 200  # past the stale-while-revalidate window: the client waits for the upstream
+        waited = await client.get("/news")
+    assert stale.text == "v1" and stale.headers["cache-status"].endswith("detail=stale-while-revalidate")
+    assert refreshed.text == "v2" and refreshed.headers["cache-status"] == "gateway; hit"
+    assert waited.text == "v3"
+
+
+async def test_range_requests_bypass_the_cache_and_set_cookie_is_never_shared(clock: Clock) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/file").mock(
+        side_effect=lambda request: answer(clock, **{"cache-control": "public, max-age=60", "set-cookie": "sid=alice"})
+    )
+    async with gateway(router) as client:
+        first = await client.get("/file")
+        second = await client.get("/file")
+        ranged = await client.get("/file", headers={"range": "bytes=0-1"})
+    assert first.headers["set-cookie"] == "sid=alice"
+    assert second.headers["cache-status"] == "gateway; hit" and "set-cookie" not in second.headers
+    assert "cache-status" not in ranged.headers
+    assert upstream.call_count == 2

@@ -71,6 +71,8 @@ def stored(
         ("GET", 200, [], [("cache-control", "public")], True),
         ("GET", 500, [], [("cache-control", "max-age=60")], False),
         ("GET", 404, [], [("cache-control", "max-age=60")], True),
+        ("GET", 200, [], [("cache-control", "no-store, must-understand, max-age=60")], True),
+        ("GET", 206, [], [("cache-control", "no-store, must-understand, max-age=60")], False),
     ],
 )
 def test_storable(
