@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import scope as keys
-from gateway.cache import MemoryCacheStore
+from gateway.cache import CacheStore
 from gateway.errors import PROBLEM_TYPE, problem_body, send_problem
 from gateway.metrics import GatewayMetrics
 from gateway.netset import NetworkSet
@@ -111,7 +111,7 @@ def gateway_routes(
     pools: Mapping[str, UpstreamPool],
     metrics: GatewayMetrics | None,
     reload: Callable[[], Awaitable[list[str]]],
-    cache: MemoryCacheStore | None = None,
+    cache: CacheStore | None = None,
 ) -> list[BaseRoute]:
     guard = AdminGuard(settings.admin)
 
@@ -126,7 +126,7 @@ def gateway_routes(
         except (ValueError, KeyError, TypeError):
             body = problem_body(400, 'Send JSON like {"path": "/api/items", "prefix": false}.', request_id)
             return Response(body, 400, media_type=PROBLEM_TYPE)
-        dropped = cache.purge(path, prefix=below) if cache is not None else 0
+        dropped = await cache.purge(path, prefix=below) if cache is not None else 0
         return JSONResponse({"purged": dropped})
 
     async def reload_settings(request: Request) -> Response:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp
 from gateway import scope as keys
 from gateway.admin import gateway_routes, not_found
 from gateway.balancers import balancer_for
-from gateway.cache import CacheMiddleware, MemoryCacheStore
+from gateway.cache import CacheMiddleware, CacheStore, MemoryCacheStore, RedisCacheStore
 from gateway.client import create_client, upstream_tls
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
@@ -44,6 +44,7 @@ from gateway.static import StaticEndpoint
 from gateway.upstreams import Upstream, UpstreamPool
 from gateway.workers import supervisor_pid
 from settings import (
+    CacheStoreSettings,
     GatewaySettings,
     RateLimitPolicy,
     RateLimitSettings,
@@ -101,7 +102,7 @@ class Generation:
     checkers: list[HealthChecker]
     client: httpx.AsyncClient
     store: Store | None
-    cache: MemoryCacheStore | None
+    cache: CacheStore | None
 
 
 class Runtime:
@@ -126,7 +127,7 @@ class Runtime:
         self._current: Generation | None = None
         self._app: Starlette | None = None
         self._checks: list[asyncio.Task[None]] = []
-        self._retired: list[httpx.AsyncClient | Store] = []
+        self._retired: list[httpx.AsyncClient | Store | CacheStore] = []
         self._lock = asyncio.Lock()
         self.metrics: GatewayMetrics | None = None
 
@@ -138,10 +139,10 @@ class Runtime:
             client = create_client(settings.client, self._transport)
         store = previous.store if previous is not None and _same_store(previous.settings, settings) else None
         store = store or _rate_limit_store(settings)
-        cache: MemoryCacheStore | None = None
+        cache: CacheStore | None = None
         if any(route.cache.enabled for route in settings.routes):
             same = previous is not None and previous.cache is not None and previous.settings.cache == settings.cache
-            cache = previous.cache if same and previous is not None else MemoryCacheStore(settings.cache.max_bytes)
+            cache = previous.cache if same and previous is not None else _cache_store(settings.cache)
         upstreams = {
             (prefix, upstream.settings): upstream
             for prefix, pool in (previous.pools.items() if previous is not None else ())
@@ -154,8 +155,8 @@ class Runtime:
         }
         metrics = self.metrics
         if settings.metrics.enabled:
-            metrics = metrics or GatewayMetrics(pools, store)
-            metrics.track(pools, store)
+            metrics = metrics or GatewayMetrics(pools, [store, cache])
+            metrics.track(pools, [store, cache])
         tls = upstream_tls(settings.client)
         resolver = ClientIPResolver(settings.proxy.trusted_proxies)
         limits = settings.rate_limit
@@ -230,8 +231,8 @@ class Runtime:
             self.attach(app, generation)
             self._stop_checks()
             self._start_checks()
-            for resource in (old.client, old.store):
-                if resource is not None and resource not in (generation.client, generation.store):
+            for resource in (old.client, old.store, old.cache):
+                if resource is not None and resource not in (generation.client, generation.store, generation.cache):
                     self._retired.append(resource)
         logger.warning("configuration reloaded: %d routes", len(generation.settings.routes))
         return []
@@ -253,7 +254,7 @@ class Runtime:
         assert self._app is not None
         self._app.user_middleware = old.chain
         if self.metrics is not None:
-            self.metrics.track(old.pools, old.store)
+            self.metrics.track(old.pools, [old.store, old.cache])
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -272,7 +273,7 @@ class Runtime:
             self._stop_checks()
             await asyncio.gather(*self._checks, return_exceptions=True)
             assert self._current is not None
-            for resource in [self._current.client, self._current.store, *self._retired]:
+            for resource in [self._current.client, self._current.store, self._current.cache, *self._retired]:
                 if resource is not None:
                     await resource.aclose()
 
@@ -340,6 +341,12 @@ def _pool(route: RouteSettings, index: int, existing: Mapping[tuple[str, Upstrea
     )
 
 
+def _cache_store(settings: CacheStoreSettings) -> CacheStore:
+    if settings.store == "redis":
+        return RedisCacheStore(settings.redis_url, settings.redis_timeout, settings.keep_stale_seconds)
+    return MemoryCacheStore(settings.max_bytes)
+
+
 def _rate_limit_store(settings: GatewaySettings) -> Store | None:
     """The one bucket store, when any policy needs it."""
     limits = settings.rate_limit
@@ -372,7 +379,7 @@ def _route_stack(
     limits: RateLimitSettings,
     pool: UpstreamPool | None,
     tls: ssl.SSLContext,
-    cache: MemoryCacheStore | None,
+    cache: CacheStore | None,
 ) -> ASGIApp:
     """The route's endpoint inside its own IP filter, rate limits, user middleware and cache (outermost first:
     the cache answers only what the route's filters and authentication let through)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -36,8 +36,8 @@ STATUS_CLASSES = {index: f"{index}xx" for index in range(1, 6)}
 class GatewayMetrics:
     """The metrics of one app, in a registry of its own (tests build several apps in one process)."""
 
-    def __init__(self, pools: Mapping[str, UpstreamPool], store: object | None = None) -> None:
-        """`store`: the rate-limit store; its `failures` count (Redis) is exported when it has one."""
+    def __init__(self, pools: Mapping[str, UpstreamPool], stores: Sequence[object | None] = ()) -> None:
+        """`stores`: the rate-limit and cache stores; their `failures` counts (Redis) are exported."""
         self.registry = CollectorRegistry()
         registry = self.registry
         self._requests = Counter(
@@ -83,7 +83,7 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Exchanges in progress.", registry=registry, multiprocess_mode="livesum"
         )
-        self._state = StateCollector(pools, store)
+        self._state = StateCollector(pools, stores)
         registry.register(self._state)
         if os.environ.get(MULTIPROCESS_VARIABLE):
             _forget_dead_workers(os.environ[MULTIPROCESS_VARIABLE])
@@ -130,9 +130,9 @@ class GatewayMetrics:
             elif reason != "client_closed":
                 self._refusals.labels(reason).inc()
 
-    def track(self, pools: Mapping[str, UpstreamPool], store: object | None) -> None:
+    def track(self, pools: Mapping[str, UpstreamPool], stores: Sequence[object | None]) -> None:
         """Read upstream state from these pools from now on (after a reload); counters carry on."""
-        self._state.pools, self._state.store = pools, store
+        self._state.pools, self._state.stores = pools, stores
 
     def exposition(self) -> bytes:
         """The text format, summed over all workers in multiprocess mode."""
@@ -205,14 +205,15 @@ def _forget_dead_workers(folder: str) -> None:
 class StateCollector(Collector):
     """Each upstream instance's state and the rate-limit store's failures, read at scrape time."""
 
-    def __init__(self, pools: Mapping[str, UpstreamPool], store: object | None) -> None:
+    def __init__(self, pools: Mapping[str, UpstreamPool], stores: Sequence[object | None]) -> None:
         self.pools = pools
-        self.store = store
+        self.stores = stores
 
     def collect(self) -> Iterator[Any]:
-        if hasattr(self.store, "failures"):
-            failures = CounterMetricFamily("gateway_redis_errors", "Rate-limit store calls that failed or timed out.")
-            failures.add_metric([], self.store.failures)
+        counted = [store for store in self.stores if hasattr(store, "failures")]
+        if counted:
+            failures = CounterMetricFamily("gateway_redis_errors", "Redis store calls that failed or timed out.")
+            failures.add_metric([], sum(store.failures for store in counted))
             yield failures
         healthy = GaugeMetricFamily(
             "gateway_upstream_healthy", "1 when the instance is in rotation.", labels=["route", "upstream"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 MIB = 1024 * 1024
@@ -37,8 +39,18 @@ class CacheSettings(BaseModel):
 
 
 class CacheStoreSettings(BaseModel):
-    """The store every cached route shares (per worker process)."""
+    """The store every cached route shares: in memory per worker, or in Redis across instances."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_bytes: int = Field(64 * MIB, ge=0, description="Memory for stored responses, LRU beyond. Default 64 MiB.")
+    store: Literal["memory", "redis"] = Field("memory", description="Where responses are stored. Default memory.")
+    max_bytes: int = Field(
+        64 * MIB, ge=0, description="Memory store: bytes for stored responses, LRU beyond. Default 64 MiB."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/1", description='Redis for `store = "redis"`.')
+    redis_timeout: float = Field(
+        0.25, gt=0, description="Seconds a Redis call may take; slower or failing ones are misses. Default 0.25."
+    )
+    keep_stale_seconds: float = Field(
+        3600, ge=0, description="Redis store: how long entries outlive their freshness, for revalidation. Default 3600."
+    )

@@ -31,7 +31,7 @@ from gateway.cache.policy import (
     stored_headers,
     vary_snapshot,
 )
-from gateway.cache.store import MemoryCacheStore
+from gateway.cache.store import CacheStore
 from gateway.errors import send_problem
 from settings import CacheSettings
 
@@ -47,7 +47,7 @@ class CacheMiddleware:
         app: ASGIApp,
         *,
         settings: CacheSettings,
-        store: MemoryCacheStore,
+        store: CacheStore,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.app = app
@@ -84,7 +84,7 @@ class CacheMiddleware:
                     await leader.wait()
             if await self._served_from_store(scope, send, key):
                 return
-        variants = self._store.get(key)
+        variants = await self._store.get(key)
         stored = next((variant for variant in variants if variant.matches(headers)), None)
         if parse_cache_control(headers).has("only-if-cached"):
             await send_problem(
@@ -109,7 +109,7 @@ class CacheMiddleware:
         """Answer from a stored response when one is fresh enough for this request (or allowed stale)."""
         headers: list[Header] = scope["headers"]
         now = self._clock()
-        stored = next((variant for variant in self._store.get(key) if variant.matches(headers)), None)
+        stored = next((variant for variant in await self._store.get(key) if variant.matches(headers)), None)
         if stored is None:
             return False
         verdict = judge(stored, headers, now)
@@ -207,14 +207,16 @@ class CacheMiddleware:
                 else:
                     state["chunks"].append(chunk)
                 if not message.get("more_body", False) and state["storing"]:
-                    self._store_response(key, scope, state, request_time)
+                    state["complete"] = True
             await send(message)
 
         await self.app(upstream_scope, receive, capture)
+        if state.get("complete"):
+            await self._store_response(key, scope, state, request_time)  # after the client has it all
         if state["held"] is True:
             assert stored is not None
             renewed = freshened(stored, state["headers"], request_time, state["response_time"])
-            self._store.replace(key, stored, renewed)
+            await self._store.put(key, renewed)
             scope[keys.CACHE] = "revalidated"
             await self._answer(scope, send, renewed, self._clock(), b"fwd=stale; fwd-status=304")
         elif state["held"] == "error":
@@ -222,7 +224,7 @@ class CacheMiddleware:
             scope[keys.CACHE] = "stale_if_error"
             await self._answer(scope, send, stored, self._clock(), b"hit; fwd=stale; detail=stale-if-error")
 
-    def _store_response(self, key: str, scope: Scope, state: dict[str, Any], request_time: float) -> None:
+    async def _store_response(self, key: str, scope: Scope, state: dict[str, Any], request_time: float) -> None:
         headers = stored_headers(state["headers"])
         status: int = state["status"]
         settings = self._settings
@@ -244,7 +246,7 @@ class CacheMiddleware:
             lifetime,
             vary_snapshot(scope["headers"], headers),
         )
-        self._store.put(key, stored)
+        await self._store.put(key, stored)
 
     async def _answer(self, scope: Scope, send: Send, stored: Stored, now: float, detail: bytes) -> None:
         """A response from the cache: the stored headers with a computed Age, or 304 for a matching condition."""
@@ -275,12 +277,12 @@ class CacheMiddleware:
 
         await self.app(scope, receive, observe)
         if 200 <= outcome["status"] < 400:
-            self._store.drop(key)
+            await self._store.drop(key)
             host = key.split(" ", 1)[0]
             for name in (b"location", b"content-location"):
                 target = first(outcome["headers"], name)
                 if target is not None and target.startswith(b"/"):
-                    self._store.drop(f"{host} {target.decode('latin-1')}")
+                    await self._store.drop(f"{host} {target.decode('latin-1')}")
 
 
 def wall_clock() -> float:

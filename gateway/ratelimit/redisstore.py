@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.outage import OutageReporter
 from gateway.ratelimit.buckets import Decision
 
 logger = logging.getLogger("gateway.ratelimit")
-
-# Seconds between two "Redis is failing" log lines, however many requests fail in between.
-REPORT_INTERVAL = 10.0
 
 # KEYS[1]: the bucket; ARGV[1]: interval, ARGV[2]: capacity, both in microseconds.
 GCRA = """
@@ -48,9 +45,7 @@ class RedisStore:
         self._script = self._client.register_script(GCRA)
         self._timeout = timeout
         self._prefix = prefix
-        self._failing_since: float | None = None
-        self._last_report = 0.0
-        self.failures = 0  # calls that failed or timed out, for the metrics
+        self._outage = OutageReporter(logger, "rate-limit store", "requests are decided by on_store_failure")
 
     async def hit(self, key: str, interval: float, capacity: float) -> Decision | None:
         try:
@@ -59,23 +54,14 @@ class RedisStore:
                     keys=[self._prefix + key], args=[round(interval * 1e6), round(capacity * 1e6)]
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            self.failures += 1
-            self._report_failure(exc)
+            self._outage.failed(exc)
             return None
-        if self._failing_since is not None:
-            logger.warning("rate-limit store is back after %.1f s", time.monotonic() - self._failing_since)
-            self._failing_since = None
+        self._outage.succeeded()
         return Decision(bool(allowed), int(remaining), int(wait) / 1e6, int(reset) / 1e6)
 
-    def _report_failure(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        if now - self._last_report >= REPORT_INTERVAL:
-            self._last_report = now
-            logger.error(
-                "rate-limit store unavailable (%s); requests are decided by on_store_failure", type(exc).__name__
-            )
+    @property
+    def failures(self) -> int:
+        return self._outage.failures
 
     async def aclose(self) -> None:
         await self._client.aclose()
