@@ -263,6 +263,10 @@ class ProxyEndpoint:
         timings = scope.get(keys.TIMINGS)
         if timings is not None:
             timings["upstream_headers"] = time.perf_counter()
+        if keys.CACHE in scope:  # the route cache dates what it stores by the upstream's clock
+            scope[keys.UPSTREAM_DATE] = next(
+                (value for name, value in response.headers.raw if name.lower() == b"date"), None
+            )
         try:
             status = response.status_code
             await exchange.send(

@@ -8,3 +8,6 @@ REASON = "gateway.reason"  # str: why the exchange did not go as asked (ip_filte
 TIMINGS = "gateway.timings"  # dict[str, float]: loop times of upstream milestones, for the access log
 EDGE_STATUS = "gateway.edge_status"  # int: the status the server protocol answered with itself (a body deadline)
 CACHE = "gateway.cache"  # str: what the route cache did (hit, stale, revalidated, stale_if_error, miss)
+UPSTREAM_DATE = (
+    "gateway.upstream_date"  # bytes | None: the upstream's Date (the client gets the gateway's), for the cache
+)

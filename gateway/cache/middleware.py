@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -178,7 +180,15 @@ class CacheMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
-                state.update(status=status, headers=headers, response_time=self._clock())
+                response_time = self._clock()
+                # The relay gives the client the gateway's Date; the cache keeps the upstream's (or, without one,
+                # the time it arrived: RFC 9110 6.6.1).
+                date = (
+                    upstream_scope.get(keys.UPSTREAM_DATE)
+                    or email.utils.formatdate(response_time, usegmt=True).encode()
+                )
+                dated = [(name, value) for name, value in headers if name.lower() != b"date"] + [(b"date", date)]
+                state.update(status=status, headers=dated, response_time=response_time)
                 if validating and status == 304:
                     state["held"] = True  # answered below from the freshened stored response
                     return
@@ -254,7 +264,8 @@ class CacheMiddleware:
         conditional = any(name in (b"if-none-match", b"if-modified-since") for name, _ in client_headers)
         status = stored.status
         body = stored.body
-        headers = [(name, value) for name, value in stored.headers if name.lower() != b"age"]
+        # The server adds the current Date; the stored one stays behind (Age says how old the response is).
+        headers = [(name, value) for name, value in stored.headers if name.lower() not in (b"age", b"date")]
         if conditional and status == 200 and not_modified_for(stored, client_headers):
             status, body = 304, b""
             headers = [(name, value) for name, value in headers if name.lower() not in (b"content-length",)]
@@ -280,9 +291,13 @@ class CacheMiddleware:
             await self._store.drop(key)
             host = key.split(" ", 1)[0]
             for name in (b"location", b"content-location"):
-                target = first(outcome["headers"], name)
-                if target is not None and target.startswith(b"/"):
-                    await self._store.drop(f"{host} {target.decode('latin-1')}")
+                target = _same_origin_target(first(outcome["headers"], name), host)
+                if target is not None:
+                    await self._store.drop(f"{host} {target}")
+
+
+def _http_date(timestamp: float) -> bytes:
+    return email.utils.formatdate(timestamp, usegmt=True).encode()
 
 
 def wall_clock() -> float:
@@ -297,6 +312,19 @@ def cache_key(scope: Scope) -> str:
     if scope["query_string"]:
         target += b"?" + scope["query_string"]
     return f"{host.decode('latin-1')} {target.decode('latin-1')}"
+
+
+def _same_origin_target(location: bytes | None, host: str) -> str | None:
+    """The path and query of a Location on this host (relative, or absolute with the same authority)."""
+    if location is None:
+        return None
+    text = location.decode("latin-1")
+    if text.startswith("/") and not text.startswith("//"):
+        return text
+    parts = urlsplit(text)
+    if parts.scheme in ("http", "https") and parts.netloc.lower() == host:
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return None
 
 
 def _validators(stored: Stored) -> list[Header]:

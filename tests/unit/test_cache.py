@@ -135,7 +135,9 @@ async def test_unsafe_methods_invalidate_the_target_and_its_location(clock: Cloc
     item = router.get(f"{API}/items/7").mock(
         side_effect=lambda request: answer(clock, **{"cache-control": "max-age=60"})
     )
-    router.post(f"{API}/items").mock(side_effect=lambda request: httpx.Response(201, headers={"location": "/items/7"}))
+    router.post(f"{API}/items").mock(
+        side_effect=lambda request: httpx.Response(201, headers={"location": "http://gw.test/items/7"})
+    )
     router.delete(f"{API}/items/7").mock(side_effect=lambda request: httpx.Response(500))
     async with gateway(router) as client:
         await client.get("/items")
@@ -288,4 +290,19 @@ async def test_range_requests_bypass_the_cache_and_set_cookie_is_never_shared(cl
     assert first.headers["set-cookie"] == "sid=alice"
     assert second.headers["cache-status"] == "gateway; hit" and "set-cookie" not in second.headers
     assert "cache-status" not in ranged.headers
+    assert upstream.call_count == 2
+
+
+async def test_freshness_uses_the_upstreams_date_and_expires(clock: Clock) -> None:
+    router = respx.MockRouter()
+    expires = email.utils.formatdate(START + 60, usegmt=True)
+    upstream = router.get(f"{API}/e").mock(side_effect=lambda request: answer(clock, expires=expires))
+    async with gateway(router) as client:
+        await client.get("/e")
+        clock.now += 30
+        hit = await client.get("/e")
+        clock.now += 40
+        stale = await client.get("/e")
+    assert hit.headers["cache-status"] == "gateway; hit" and hit.headers["age"] == "30"
+    assert stale.headers["cache-status"].startswith("gateway; fwd=stale")
     assert upstream.call_count == 2
