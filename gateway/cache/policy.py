@@ -179,7 +179,8 @@ def freshness_lifetime(
 
 @dataclass
 class Stored:
-    """A stored response with what its age is computed from (RFC 9111 4.2.3)."""
+    """A stored response with what its age is computed from (RFC 9111 4.2.3). What a hit needs (initial
+    age, directives, size) is worked out once, when it is stored, not on every hit."""
 
     status: int
     headers: list[Header]
@@ -188,22 +189,23 @@ class Stored:
     response_time: float
     lifetime: float
     vary: list[tuple[bytes, bytes | None]]  # (request header, its value then) for each field Vary names
+    initial_age: float = field(init=False)
+    response_directives: Directives = field(init=False)
+    size: int = field(init=False)
 
-    @property
-    def size(self) -> int:
-        return len(self.body) + sum(len(name) + len(value) for name, value in self.headers) + 200
-
-    def current_age(self, now: float) -> float:
-        age_value = _age_header(self.headers)
+    def __post_init__(self) -> None:
         date = http_date(first(self.headers, b"date"))
         apparent_age = max(0.0, self.response_time - date) if date is not None else 0.0
         response_delay = self.response_time - self.request_time
-        corrected_age_value = age_value + response_delay
-        corrected_initial_age = max(apparent_age, corrected_age_value)
-        return corrected_initial_age + (now - self.response_time)
+        self.initial_age = max(apparent_age, _age_header(self.headers) + response_delay)
+        self.response_directives = parse_cache_control(self.headers)
+        self.size = len(self.body) + sum(len(name) + len(value) for name, value in self.headers) + 200
+
+    def current_age(self, now: float) -> float:
+        return self.initial_age + (now - self.response_time)
 
     def directives(self) -> Directives:
-        return parse_cache_control(self.headers)
+        return self.response_directives
 
     def matches(self, request_headers: Sequence[Header]) -> bool:
         """RFC 9111 4.1: every field named by Vary has the same (normalised) value as when stored."""
