@@ -190,7 +190,11 @@ class CacheMiddleware:
                 dated = [(name, value) for name, value in headers if name.lower() != b"date"] + [(b"date", date)]
                 state.update(status=status, headers=dated, response_time=response_time)
                 if validating and status == 304:
-                    state["held"] = True  # answered below from the freshened stored response
+                    assert stored is not None
+                    # RFC 9111 4.3.4: a 304 naming another strong validator cannot update this stored response.
+                    etag = first(headers, b"etag")
+                    state["held"] = etag is None or etag.startswith(b"W/") or etag == first(stored.headers, b"etag")
+                    state["held"] = True if state["held"] else "mismatch"
                     return
                 if stored is not None and status >= 500 and stale_if_error(stored, client_headers, self._clock()):
                     state["held"] = "error"
@@ -229,6 +233,9 @@ class CacheMiddleware:
             await self._store.put(key, renewed)
             scope[keys.CACHE] = "revalidated"
             await self._answer(scope, send, renewed, self._clock(), b"fwd=stale; fwd-status=304")
+        elif state["held"] == "mismatch":
+            await self._store.drop(key)
+            await self._forward(scope, receive, send, key, None, b"fwd=miss")
         elif state["held"] == "error":
             assert stored is not None
             scope[keys.CACHE] = "stale_if_error"

@@ -306,3 +306,22 @@ async def test_freshness_uses_the_upstreams_date_and_expires(clock: Clock) -> No
     assert hit.headers["cache-status"] == "gateway; hit" and hit.headers["age"] == "30"
     assert stale.headers["cache-status"].startswith("gateway; fwd=stale")
     assert upstream.call_count == 2
+
+
+async def test_a_304_for_another_representation_is_not_used_to_update_the_stored_one(clock: Clock) -> None:
+    router = respx.MockRouter()
+    calls: list[str | None] = []
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers.get("if-none-match"))
+        if request.headers.get("if-none-match"):
+            return httpx.Response(304, headers={"date": clock.date(), "etag": '"other"'})
+        return answer(clock, body=f"full {len(calls)}", etag='"v1"', **{"cache-control": "max-age=10"})
+
+    router.get(f"{API}/r").mock(side_effect=origin)
+    async with gateway(router) as client:
+        await client.get("/r")
+        clock.now += 30
+        response = await client.get("/r")
+    assert calls == [None, '"v1"', None], "revalidated, then fetched in full"
+    assert response.status_code == 200 and response.text == "full 3"

@@ -255,3 +255,23 @@ def test_malformed_cache_control_never_crashes() -> None:
         directives = parse_cache_control(h(("cache-control", value)))
         assert isinstance(directives.values, dict)
         assert freshness_lifetime(200, h(("date", date()), ("cache-control", value))) == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("vary", ",,, ,")],
+        [("vary", "Accept-Encoding,,")],
+        [("age", "-5")],
+        [("age", "99999999999999999999")],
+        [("expires", "Thu, 01 Jan 1970 00:00:00 GMT")],
+        [("date", "yesterday")],
+        [("cache-control", "max-age=60"), ("cache-control", "max-age=5")],  # first occurrence wins
+    ],
+)
+def test_malformed_upstream_headers_are_read_safely(headers: list[tuple[str, str]]) -> None:
+    entry = stored(*headers)
+    assert entry.current_age(NOW + 1) >= 0
+    assert entry.matches([]) in (True, False)
+    lifetime = freshness_lifetime(200, entry.headers)
+    assert lifetime in (0, 60) and judge(entry, [], NOW + 1).fresh is (lifetime == 60)
