@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import scope as keys
 from gateway.cache.policy import (
+    NEVER_SHARED,
     SAFE_METHODS,
     Header,
     Stored,
@@ -232,7 +233,9 @@ class CacheMiddleware:
             renewed = freshened(stored, state["headers"], request_time, state["response_time"])
             await self._store.put(key, renewed)
             scope[keys.CACHE] = "revalidated"
-            await self._answer(scope, send, renewed, self._clock(), b"fwd=stale; fwd-status=304")
+            # Cookies set on this 304 were set for this client's request: they go to it, never into the store.
+            cookies = [(name, value) for name, value in state["headers"] if name.lower() in NEVER_SHARED]
+            await self._answer(scope, send, renewed, self._clock(), b"fwd=stale; fwd-status=304", cookies)
         elif state["held"] == "mismatch":
             await self._store.drop(key)
             await self._forward(scope, receive, send, key, None, b"fwd=miss")
@@ -265,7 +268,9 @@ class CacheMiddleware:
         )
         await self._store.put(key, stored)
 
-    async def _answer(self, scope: Scope, send: Send, stored: Stored, now: float, detail: bytes) -> None:
+    async def _answer(
+        self, scope: Scope, send: Send, stored: Stored, now: float, detail: bytes, extra: list[Header] | None = None
+    ) -> None:
         """A response from the cache: the stored headers with a computed Age, or 304 for a matching condition."""
         client_headers: list[Header] = scope["headers"]
         conditional = any(name in (b"if-none-match", b"if-modified-since") for name, _ in client_headers)
@@ -276,7 +281,7 @@ class CacheMiddleware:
         if conditional and status == 200 and not_modified_for(stored, client_headers):
             status, body = 304, b""
             headers = [(name, value) for name, value in headers if name.lower() not in (b"content-length",)]
-        headers += [(b"age", age_header(stored, now)), (CACHE_STATUS, b"gateway; " + detail)]
+        headers += [*(extra or ()), (b"age", age_header(stored, now)), (CACHE_STATUS, b"gateway; " + detail)]
         if status != 304 and not any(name.lower() == b"content-length" for name, _ in headers):
             headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

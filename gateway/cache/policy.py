@@ -224,7 +224,7 @@ def _vary_value(headers: Sequence[Header], name: bytes) -> bytes | None:
     values = header_values(headers, name)
     if not values:
         return None
-    return b",".join(b" ".join(value.split()) for value in values).lower()
+    return b",".join(b" ".join(value.split()) for value in values)  # values may be case-sensitive
 
 
 def vary_snapshot(

@@ -79,7 +79,8 @@ async def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(clock: Clo
     def origin(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("if-none-match"))
         if request.headers.get("if-none-match") == '"v1"':
-            return httpx.Response(304, headers={"date": clock.date(), "cache-control": "max-age=60", "x-v": "2"})
+            headers = {"date": clock.date(), "cache-control": "max-age=60", "x-v": "2", "set-cookie": "seen=1"}
+            return httpx.Response(304, headers=headers)
         return answer(clock, etag='"v1"', **{"cache-control": "max-age=10", "x-v": "1"})
 
     router.get(f"{API}/doc").mock(side_effect=origin)
@@ -91,7 +92,8 @@ async def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(clock: Clo
         hit = await client.get("/doc")
     assert seen == [None, '"v1"']
     assert revalidated.status_code == 200 and revalidated.text == "v1"
-    assert revalidated.headers["x-v"] == "2"
+    assert revalidated.headers["x-v"] == "2" and revalidated.headers["set-cookie"] == "seen=1"
+    assert "set-cookie" not in hit.headers, "a cookie set for one client never reaches the next from the cache"
     assert revalidated.headers["cache-status"] == "gateway; fwd=stale; fwd-status=304"
     assert hit.headers["cache-status"] == "gateway; hit" and hit.headers["age"] == "30"
 
