@@ -16,7 +16,7 @@ Header = tuple[bytes, bytes]
 
 # RFC 9110 15.1: statuses cacheable by default (heuristic freshness allowed).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
-# Statuses this cache understands well enough to store (RFC 9111 3: "understood" status codes).
+# Statuses whose semantics this cache implements (RFC 9111 3, 5.2.2.3: what `must-understand` asks for).
 UNDERSTOOD_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
 # RFC 9111 3.1: never stored, and those named by Connection too.
 HOP_BY_HOP = frozenset(
@@ -109,10 +109,12 @@ def storable(
     store_without_freshness: bool = False,
 ) -> bool:
     """RFC 9111 3: may a shared cache store this response?"""
-    if method not in ("GET", "HEAD") or status not in UNDERSTOOD_STATUSES:
-        return False
+    if method not in ("GET", "HEAD") or status < 200 or status in (206, 304):
+        return False  # final statuses only; partial content and 304s are not stored as responses
     request = parse_cache_control(request_headers)
     response = parse_cache_control(response_headers)
+    if response.has("must-understand") and status not in UNDERSTOOD_STATUSES:
+        return False
     # 5.2.2.3: must-understand with an understood status overrides no-store (it is there for older caches).
     if request.has("no-store") or (response.has("no-store") and not response.has("must-understand")):
         return False

@@ -69,7 +69,8 @@ def stored(
         ("GET", 200, [], [("cache-control", "max-age=60"), ("vary", "*")], False),
         ("GET", 200, [], [("expires", date(60))], True),
         ("GET", 200, [], [("cache-control", "public")], True),
-        ("GET", 500, [], [("cache-control", "max-age=60")], False),
+        ("GET", 500, [], [("cache-control", "max-age=60")], True),  # explicit freshness: any final status
+        ("GET", 599, [], [("cache-control", "max-age=60, must-understand")], False),  # not understood
         ("GET", 404, [], [("cache-control", "max-age=60")], True),
         ("GET", 200, [], [("cache-control", "no-store, must-understand, max-age=60")], True),
         ("GET", 206, [], [("cache-control", "no-store, must-understand, max-age=60")], False),
