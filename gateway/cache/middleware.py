@@ -228,6 +228,8 @@ class CacheMiddleware:
         await self.app(upstream_scope, receive, capture)
         if state.get("complete"):
             await self._store_response(key, scope, state, request_time)  # after the client has it all
+        elif method == "HEAD" and state["status"] == 200 and stored is not None and not state["held"]:
+            await self._freshen_from_head(key, stored, state, request_time)
         if state["held"] is True:
             assert stored is not None
             renewed = freshened(stored, state["headers"], request_time, state["response_time"])
@@ -243,6 +245,17 @@ class CacheMiddleware:
             assert stored is not None
             scope[keys.CACHE] = "stale_if_error"
             await self._answer(scope, send, stored, self._clock(), b"hit; fwd=stale; detail=stale-if-error")
+
+    async def _freshen_from_head(self, key: str, stored: Stored, state: dict[str, Any], request_time: float) -> None:
+        """RFC 9111 4.3.5: a 200 to a HEAD updates the stored GET it describes, or invalidates it if its
+        validators or length say the representation changed."""
+        head: list[Header] = state["headers"]
+        for name in (b"etag", b"last-modified", b"content-length"):
+            new, old = first(head, name), first(stored.headers, name)
+            if new is not None and new != old:
+                await self._store.drop(key)
+                return
+        await self._store.put(key, freshened(stored, head, request_time, state["response_time"]))
 
     async def _store_response(self, key: str, scope: Scope, state: dict[str, Any], request_time: float) -> None:
         headers = stored_headers(state["headers"])

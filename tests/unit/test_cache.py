@@ -327,3 +327,25 @@ async def test_a_304_for_another_representation_is_not_used_to_update_the_stored
         response = await client.get("/r")
     assert calls == [None, '"v1"', None], "revalidated, then fetched in full"
     assert response.status_code == 200 and response.text == "full 3"
+
+
+async def test_a_head_response_freshens_or_invalidates_the_stored_get(clock: Clock) -> None:
+    router = respx.MockRouter()
+    etags = {"value": '"v1"'}
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        return answer(clock, etag=etags["value"], **{"cache-control": "max-age=10"})
+
+    upstream = router.route(url=f"{API}/h").mock(side_effect=origin)
+    async with gateway(router) as client:
+        await client.get("/h")
+        clock.now += 30
+        await client.head("/h")  # stale: the HEAD goes upstream; same ETag, so the stored GET is fresh again
+        refreshed = await client.get("/h")
+        clock.now += 30
+        etags["value"] = '"v2"'
+        await client.head("/h")  # the representation changed: the stored GET is dropped
+        refetched = await client.get("/h")
+    assert refreshed.headers["cache-status"] == "gateway; hit"
+    assert refetched.headers["cache-status"].startswith("gateway; fwd=uri-miss")
+    assert [call.request.method for call in upstream.calls] == ["GET", "HEAD", "HEAD", "GET"]
