@@ -24,6 +24,7 @@ from gateway.cache import CacheStore
 from gateway.errors import PROBLEM_TYPE, problem_body, send_problem
 from gateway.metrics import GatewayMetrics
 from gateway.netset import NetworkSet
+from gateway.routing import by_precedence
 from gateway.upstreams import UpstreamPool
 from settings import AdminSettings, GatewaySettings
 
@@ -92,7 +93,7 @@ def _mask_urls(value: Any) -> Any:
 def route_table(settings: GatewaySettings) -> list[dict[str, Any]]:
     """Routes as the router sees them: longest prefix first."""
     table = []
-    for route in sorted(settings.routes, key=lambda route: len(route.prefix), reverse=True):
+    for route in by_precedence(settings.routes):
         table.append(
             {
                 "prefix": route.prefix,

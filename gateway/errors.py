@@ -83,11 +83,7 @@ async def send_problem(
 ) -> None:
     """Answer with an `application/problem+json` body."""
     body = problem_body(status, detail, request_id)
-    headers = [
-        (b"content-type", PROBLEM_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
-        *extra_headers,
-    ]
+    headers = _problem_headers(body, extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -102,12 +98,12 @@ async def refuse(
         await send_problem(send, status, detail, request_id, extra_headers)
     elif "websocket.http.response" in scope.get("extensions", {}):
         body = problem_body(status, detail, request_id)
-        headers = [
-            (b"content-type", PROBLEM_TYPE.encode()),
-            (b"content-length", str(len(body)).encode()),
-            *extra_headers,
-        ]
+        headers = _problem_headers(body, extra_headers)
         await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1011 if status >= 500 else 1008})
+
+
+def _problem_headers(body: bytes, extra: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode()), *extra]

@@ -4,14 +4,14 @@ gateway would do with one request, from the settings alone (nothing is started, 
 from __future__ import annotations
 
 from gateway.paths import BadTarget, routing_path, strip_segments
-from gateway.routing import RouteTable, in_gateway_namespace
+from gateway.routing import RouteTable, by_precedence, in_gateway_namespace
 from settings import GatewaySettings, RateLimitPolicy, RouteSettings
 
 
 def route_lines(settings: GatewaySettings) -> list[str]:
     """One line per route, longest prefix first (the order in which they win)."""
     lines = []
-    for route in sorted(settings.routes, key=lambda route: len(route.prefix), reverse=True):
+    for route in by_precedence(settings.routes):
         if route.static_dir is not None:
             target = f"static files in {route.static_dir}"
         else:

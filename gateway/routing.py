@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import scope as keys
 from gateway.errors import refuse
 from gateway.paths import BadTarget, routing_path
+from settings import RouteSettings
 
 
 class RouteTable:
@@ -66,6 +67,11 @@ class GatewayRouter:
         prefix, endpoint = found
         scope[keys.ROUTE] = prefix
         await endpoint(scope, receive, send)
+
+
+def by_precedence(routes: Sequence[RouteSettings]) -> list[RouteSettings]:
+    """Routes in the order in which they win: longest prefix first (for listings; matching needs no order)."""
+    return sorted(routes, key=lambda route: len(route.prefix), reverse=True)
 
 
 def in_gateway_namespace(path: bytes) -> bool:

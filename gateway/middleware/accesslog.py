@@ -66,12 +66,7 @@ class AccessLogMiddleware:
                     counts["complete"] = 1
             await send(message)
 
-        if self._metrics is not None:
-            self._metrics.in_flight.inc()
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        finally:
-            self._finish(scope, counts, timings, started)
+        await self._observed(scope, counting_receive, counting_send, counts, timings, started)
 
     def _finish(self, scope: Scope, counts: dict[str, int], timings: dict[str, float], started: float) -> None:
         ended = time.perf_counter()
@@ -120,12 +115,24 @@ class AccessLogMiddleware:
                 counts["status"] = 403  # closed before accepting: the server refuses the handshake with 403
             await send(message)
 
+        await self._observed(scope, counting_receive, counting_send, counts, {}, started)
+
+    async def _observed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        counts: dict[str, int],
+        timings: dict[str, float],
+        started: float,
+    ) -> None:
+        """Run the exchange with its counting receive and send, then log and record it, whatever happened."""
         if self._metrics is not None:
             self._metrics.in_flight.inc()
         try:
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(scope, receive, send)
         finally:
-            self._finish(scope, counts, {}, started)
+            self._finish(scope, counts, timings, started)
 
 
 def _payload_size(message: Message) -> int:
