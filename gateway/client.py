@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
 import ssl
+import time
+import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from gateway.transport import RelayTransport
 from settings import ClientSettings, UpstreamTlsSettings
+
+_httpx_logger = logging.getLogger("httpx")
 
 
 def create_client(settings: ClientSettings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
@@ -55,7 +62,12 @@ class NoCookies(httpx.Cookies):
 
 class GatewayClient(httpx.AsyncClient):
     """httpx.AsyncClient whose `cookies` never hold anything, and whose send() goes straight to the
-    transport when httpx's auth and redirect machinery has nothing to do (tens of µs a request)."""
+    transport when httpx's auth and redirect machinery has nothing to do (tens of µs a request).
+
+    That direct path also leaves no reference cycle behind: httpx binds each response's stream to the
+    response, so every exchange left ~28 objects (request, URL, headers) for the cyclic garbage collector,
+    which cost the relay about a tenth of its CPU under load.
+    """
 
     async def send(
         self,
@@ -77,8 +89,30 @@ class GatewayClient(httpx.AsyncClient):
             and not request.url.userinfo
         )
         if plain:
-            return await self._send_single_request(request)
+            return await self._send_direct(request)
         return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+
+    async def _send_direct(self, request: httpx.Request) -> httpx.Response:
+        """What httpx's _send_single_request does, minus cookies, with a stream that does not hold its response."""
+        transport = self._transport_for_url(request.url)
+        start = time.perf_counter()
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request
+            raise
+        response.request = request
+        response.stream = TimedStream(response.stream, response, start)
+        if _httpx_logger.isEnabledFor(logging.INFO):
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
 
     _no_cookies = NoCookies()
 
@@ -89,3 +123,24 @@ class GatewayClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
         pass
+
+
+class TimedStream(httpx.AsyncByteStream):
+    """A response's body stream that sets `response.elapsed` when closed, as httpx's does, but reaches the
+    response through a weak reference so that the two do not form a cycle."""
+
+    def __init__(self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, response: httpx.Response, start: float):
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream = stream
+        self._response = weakref.ref(response)
+        self._start = start
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        response = self._response()
+        if response is not None:
+            response.elapsed = datetime.timedelta(seconds=time.perf_counter() - self._start)
+        await self._stream.aclose()

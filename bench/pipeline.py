@@ -1,0 +1,185 @@
+"""Python CPU per proxied request along the whole path, with no sockets: the edge protocol parses the
+request, the app runs its middleware and relays through the shared client and RelayTransport, and the
+answer is written back, all on uvloop, over in-memory transports.
+
+    python -m bench.pipeline [--requests 20000] [--rounds 5] [--features bare,default]
+
+The access log (in `default`) is written to /dev/null by its usual thread, whose CPU counts too. What it
+leaves out is the kernel (socket reads and writes, epoll), so it is the steady, low-noise figure to
+compare code changes by; `python -m bench.run` is the one under real load. Interleaved rounds, median shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import time
+from typing import Any
+from unittest import mock
+
+import uvloop
+from uvicorn.server import ServerState
+
+from bench.protocol import OPTIONS, MemoryTransport
+from gateway import create_app
+from gateway.logs import configure_logging
+from gateway.server import EdgeProtocol, GatewayConfig
+from gateway.transport.connection import UpstreamConnection
+from gateway.transport.pool import OriginPool, _State
+from settings import AccessLogSettings, GatewaySettings, LimitsSettings, RouteSettings
+
+REQUEST = (
+    b"GET /api/users?page=2 HTTP/1.1\r\nHost: gateway.example\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+    b"Accept: application/json\r\nAccept-Language: en-GB,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n"
+    b"Cookie: session=abcdef0123456789\r\nConnection: keep-alive\r\n\r\n"
+)
+BODY = b"hello from origin\n"
+# What nginx answers (its headers, verbatim shape).
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 19:00:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\nConnection: keep-alive\r\n"
+    b"Cache-Control: max-age=3600\r\n\r\n%s" % (len(BODY), BODY)
+)
+
+FEATURES: dict[str, dict[str, Any]] = {
+    "bare": {"access_log": {"enabled": False}},
+    "no-metrics": {"access_log": {"enabled": False}, "metrics": {"enabled": False}},
+    "default": {},
+}
+
+
+class EchoingUpstream(MemoryTransport):
+    """An upstream connection that answers each complete request head at once (on the next loop turn)."""
+
+    def __init__(self, protocol: UpstreamConnection) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        if bytes(data).endswith(b"\r\n\r\n"):
+            self._loop.call_soon(self._protocol.data_received, RESPONSE)
+
+
+async def _memory_open(pool: OriginPool, timeout: float | None) -> UpstreamConnection:
+    conn = UpstreamConnection(pool._lost)
+    conn.connection_made(EchoingUpstream(conn))
+    pool._state[conn] = _State.ACTIVE
+    return conn
+
+
+class LoopingClient(MemoryTransport):
+    """One keep-alive client connection: sends the next request as soon as the answer to the last one is
+    written, until its share is done."""
+
+    def __init__(self, requests: int, done: asyncio.Future[None], remaining: list[int]) -> None:
+        super().__init__()
+        self.protocol: EdgeProtocol | None = None
+        self._left = requests
+        self._done = done
+        self._remaining = remaining
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        if not bytes(data).endswith(BODY):
+            return
+        self._left -= 1
+        if self._left:
+            asyncio.get_running_loop().call_soon(self.send_request)
+            return
+        self._remaining[0] -= 1
+        if not self._remaining[0] and not self._done.done():
+            self._done.set_result(None)
+
+    def send_request(self) -> None:
+        assert self.protocol is not None
+        self.protocol.data_received(REQUEST)
+
+
+async def per_request_us(settings: GatewaySettings, requests: int, connections: int) -> float:
+    """CPU seconds (user + system) of the process per request, with `connections` clients at once."""
+    app = create_app(settings)
+    lifespan = Lifespan(app)
+    await lifespan.start()
+    config = GatewayConfig(app, limits=LimitsSettings(), **OPTIONS)
+    config.load()
+    await _drive(config, 20, connections)  # warm-up: upstream connections, caches
+    started = time.process_time()
+    await _drive(config, requests // connections, connections)
+    elapsed = time.process_time() - started
+    await lifespan.stop()
+    return elapsed / (requests // connections * connections) * 1e6
+
+
+async def _drive(config: GatewayConfig, each: int, connections: int) -> None:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    remaining = [connections]
+    clients = []
+    for _ in range(connections):
+        client = LoopingClient(each, done, remaining)
+        client.protocol = EdgeProtocol(config, ServerState(), {})
+        client.protocol.connection_made(client)
+        clients.append(client)
+    for client in clients:
+        client.send_request()
+    await asyncio.wait_for(done, 60)
+    for client in clients:
+        assert client.protocol is not None
+        client.protocol.connection_lost(None)
+
+
+class Lifespan:
+    """Runs the app's lifespan (it owns the shared client) around a measurement."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._messages: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        self._sent: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(
+            self._app({"type": "lifespan", "asgi": {"version": "3.0"}}, self._messages.get, self._sent.put)
+        )
+        await self._messages.put({"type": "lifespan.startup"})
+        assert (await self._sent.get())["type"] == "lifespan.startup.complete"
+
+    async def stop(self) -> None:
+        await self._messages.put({"type": "lifespan.shutdown"})
+        await self._sent.get()
+        if self._task is not None:
+            await self._task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--features", default="bare,default", help=f"comma-separated, of {', '.join(FEATURES)}")
+    args = parser.parse_args()
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        configure_logging("warning", AccessLogSettings())  # the access log's writer thread writes to /dev/null
+    route = RouteSettings(prefix="/api", upstreams=["http://127.0.0.1:9"])
+    chosen = {
+        name: GatewaySettings.model_validate({"routes": [route], **FEATURES[name]}) for name in args.features.split(",")
+    }
+    results: dict[str, list[float]] = {name: [] for name in chosen}
+    with mock.patch.object(OriginPool, "_open", _memory_open):
+        for _ in range(args.rounds):
+            for name, settings in chosen.items():
+                results[name].append(uvloop.run(per_request_us(settings, args.requests, args.connections)))
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')}  in-process, {args.connections} connections, "
+        f"{args.requests} requests x {args.rounds} rounds, median CPU per request"
+    )
+    for name, values in results.items():
+        print(f"{name:<12}{statistics.median(values):>8.1f} µs/request  (min {min(values):.1f})")
+
+
+if __name__ == "__main__":
+    main()
