@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import queue
 import sys
@@ -12,6 +11,8 @@ import time
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from typing import Any, TextIO
+
+import orjson
 
 from settings import AccessLogSettings
 
@@ -74,7 +75,8 @@ class AccessFormatter(logging.Formatter):
         fields: dict[str, Any] = record.msg if isinstance(record.msg, dict) else {"message": record.getMessage()}
         moment = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         if self._json:
-            return json.dumps({"time": moment, **fields}, separators=(",", ":"))
+            # orjson: a quarter of json.dumps's cost, and this runs once per exchange
+            return orjson.dumps({"time": moment, **fields}, default=str).decode()
         return (
             f"{moment} {fields.get('client_ip')} {fields.get('method')} {fields.get('path')} {fields.get('status')} "
             f"{fields.get('bytes_out')}B {fields.get('duration_ms')}ms {fields.get('request_id')}"

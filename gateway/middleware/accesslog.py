@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -143,7 +145,11 @@ def _payload_size(message: Message) -> int:
 
 
 def _log(scope: Scope, status: int, counts: dict[str, int], seconds: float, upstream_seconds: float | None) -> None:
-    user_agent = next((value for name, value in scope["headers"] if name == b"user-agent"), b"")
+    user_agent = b""
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            user_agent = value
+            break
     fields: dict[str, Any] = {
         "request_id": scope.get(keys.REQUEST_ID, ""),
         "client_ip": scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else ""),
@@ -161,5 +167,26 @@ def _log(scope: Scope, status: int, counts: dict[str, int], seconds: float, upst
         "reason": scope.get(keys.REASON),
         "cache": scope.get(keys.CACHE),
     }
-    # makeRecord + handle, not logger.info(): skips the caller lookup, which costs more than the rest.
-    logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, fields, (), None))
+    logger.handle(AccessRecord(fields))
+
+
+class AccessRecord(logging.LogRecord):
+    """An access-log record at a fifth of a LogRecord's cost: what is the same for every record of this process
+    and thread (path and module names, thread and process names) is worked out once, and no caller lookup.
+    All attributes are the instance's own, as handlers that copy or pickle `__dict__` expect."""
+
+    _constant: ClassVar[dict[str, Any]] = {}
+    _made_by: ClassVar[tuple[int, int]] = (0, 0)  # (process id, thread id)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        made_by = (os.getpid(), threading.get_ident())
+        if made_by != AccessRecord._made_by:
+            AccessRecord._constant = vars(logging.LogRecord(logger.name, logging.INFO, __file__, 0, None, (), None))
+            AccessRecord._made_by = made_by
+        constant = AccessRecord._constant
+        self.__dict__.update(constant)
+        now = time.time()
+        self.msg = fields
+        self.created = now
+        self.msecs = int((now - int(now)) * 1000) + 0.0
+        self.relativeCreated = constant["relativeCreated"] + (now - constant["created"]) * 1000

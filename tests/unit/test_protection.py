@@ -12,6 +12,9 @@ import respx
 
 from gateway import create_app
 from gateway.logs import AccessFormatter
+from gateway.middleware import accesslog
+from gateway.middleware.accesslog import AccessRecord
+from gateway.middleware.accesslog import logger as access_logger
 from settings import SettingsError
 from tests.conftest import settings_with
 
@@ -174,6 +177,18 @@ def test_access_formatter(style: str) -> None:
         assert parsed["status"] == 200 and parsed["time"].endswith("+00:00")
     else:
         assert " 192.0.2.1 GET /x 200 2B 1.5ms r" in line
+
+
+def test_access_records_carry_what_a_logger_made_record_does() -> None:
+    """Handlers (a formatter's %(process)d, a pickling SocketHandler) see the same attributes, all the instance's."""
+    fields = {"path": "/x", "status": 200}
+    made = AccessRecord(fields)
+    reference = access_logger.makeRecord(access_logger.name, logging.INFO, accesslog.__file__, 0, fields, (), None)
+    assert vars(made).keys() == vars(reference).keys()
+    same = {"name", "levelno", "levelname", "pathname", "module", "process", "processName", "thread", "threadName"}
+    assert {key: vars(made)[key] for key in same} == {key: vars(reference)[key] for key in same}
+    assert made.getMessage() == str(fields) and abs(made.created - reference.created) < 1
+    assert logging.makeLogRecord(dict(vars(made))).levelname == "INFO"
 
 
 class Stamp:
