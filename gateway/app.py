@@ -30,7 +30,7 @@ from gateway.client import create_client, upstream_tls
 from gateway.clientip import ClientIPResolver
 from gateway.errors import PROBLEM_TYPE, problem_body
 from gateway.health import HealthChecker
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import FOLD_INTERVAL, GatewayMetrics
 from gateway.middleware.accesslog import AccessLogMiddleware
 from gateway.middleware.chain import from_settings, wrap
 from gateway.middleware.clientip import ClientIPMiddleware
@@ -265,11 +265,15 @@ class Runtime:
         config_file = os.environ.get(CONFIG_VARIABLE)
         watching = self._current.settings.server.watch_config and config_file and supervisor_pid() is None
         watcher = asyncio.create_task(self._watch(Path(config_file))) if watching and config_file else None
+        folder = asyncio.create_task(self._fold_metrics())
         _settle_heap()
         try:
             yield
         finally:
             hangup()
+            folder.cancel()
+            if self.metrics is not None:
+                self.metrics.fold()  # this worker's last exchanges, for the other workers' scrapes
             if watcher is not None:
                 watcher.cancel()
             self._stop_checks()
@@ -289,6 +293,12 @@ class Runtime:
                 seen = stamp
                 logger.warning("%s changed: reloading", path)
                 await self.reload()
+
+    async def _fold_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(FOLD_INTERVAL)
+            if self.metrics is not None:
+                self.metrics.fold()
 
     def _start_checks(self) -> None:
         assert self._current is not None

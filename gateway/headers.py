@@ -58,16 +58,19 @@ _REQUEST_DROPPED = {
     for trusted in (False, True)
 }
 _RESPONSE_DROPPED = HOP_BY_HOP | _RESPONSE_OWNED
-_RESPONSE_DROPPED_WITH_LENGTH = _RESPONSE_DROPPED | {b"content-length"}
+_CONTENT_LENGTH = frozenset({b"content-length"})
+# Request fields the single pass looks at besides dropping them.
+_REQUEST_SPECIAL = frozenset({b"host", b"connection", b"x-forwarded-for", b"content-length"})
+_NOTHING: frozenset[bytes] = frozenset()
 
 
 def connection_named(headers: Iterable[Header]) -> frozenset[bytes]:
     """Field names listed in Connection headers, which are hop-by-hop too."""
-    named: set[bytes] = set()
+    named: frozenset[bytes] = frozenset()
     for name, value in headers:
         if name.lower() == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(named)
+            named |= _tokens(value)
+    return named
 
 
 class ForwardedFor:
@@ -88,36 +91,37 @@ def upstream_request_headers(headers: Iterable[Header], forwarded: ForwardedFor,
 
     Drops hop-by-hop fields and those named in Connection, puts `host` first in place of the client's Host
     (None keeps the client's), and appends to X-Forwarded-* only when the peer is a trusted proxy (otherwise
-    the client's values go).
+    the client's values go). One pass over the headers (this runs for every request); fields named in
+    Connection, which are rare, are taken out afterwards.
     """
-    headers = list(headers)
     dropped = _REQUEST_DROPPED[(host is not None, forwarded.trusted)]
-    named = connection_named(headers)
-    if named:
-        dropped = dropped | named
     result: list[Header] = [] if host is None else [(b"host", host)]
     prior_for: list[bytes] = []
-    seen: set[bytes] = set()
-    host = b""
+    named: frozenset[bytes] = frozenset()
+    client_host = b""
     for name, value in headers:
         lowered = name.lower()
-        if lowered == b"host":
-            host = value
-        if lowered in dropped:
-            continue
-        if lowered == b"x-forwarded-for":
-            prior_for.append(value)
-            continue
-        if lowered == b"content-length":
-            value = b"%d" % int(value)  # "003" -> "3": the server checked it is digits; upstreams may not agree
-        seen.add(lowered)
-        result.append((name, value))
-    chain = b", ".join([*prior_for, forwarded.peer.encode("latin-1")])
-    result.append((b"x-forwarded-for", chain))
+        if lowered in _REQUEST_SPECIAL:
+            if lowered == b"host":
+                client_host = value
+            elif lowered == b"connection":
+                named |= _tokens(value)
+            elif lowered == b"x-forwarded-for" and forwarded.trusted:
+                prior_for.append(value)
+                continue
+            elif lowered == b"content-length":
+                value = b"%d" % int(value)  # "003" -> "3": the server checked it is digits; upstreams may not agree
+        if lowered not in dropped:
+            result.append((lowered, value))
+    if named:
+        result = [(name, value) for name, value in result if name not in named or name == b"host"]
+    seen = {name for name, _ in result} if forwarded.trusted else _NOTHING
+    prior_for.append(forwarded.peer.encode("latin-1"))
+    result.append((b"x-forwarded-for", b", ".join(prior_for)))
     if b"x-forwarded-proto" not in seen:
         result.append((b"x-forwarded-proto", forwarded.scheme.encode("latin-1")))
-    if b"x-forwarded-host" not in seen and host:
-        result.append((b"x-forwarded-host", host))
+    if client_host and b"x-forwarded-host" not in seen:
+        result.append((b"x-forwarded-host", client_host))
     if forwarded.prefix and b"x-forwarded-prefix" not in seen:
         result.append((b"x-forwarded-prefix", forwarded.prefix))
     result.append((b"x-request-id", forwarded.request_id))
@@ -125,15 +129,30 @@ def upstream_request_headers(headers: Iterable[Header], forwarded: ForwardedFor,
 
 
 def client_response_headers(headers: Iterable[Header], status: int) -> list[Header]:
-    """The upstream's response headers as the client should see them, repeated fields kept apart.
+    """The upstream's response headers as the client should see them, names lowercased, repeated fields
+    kept apart.
 
     Content-Length goes when the upstream framed the body with Transfer-Encoding (RFC 9112 6.3: the
-    length is then meaningless) and on statuses that carry no body.
+    length is then meaningless) and on statuses that carry no body. One pass, as for requests.
     """
-    headers = list(headers)
-    chunked = any(name.lower() == b"transfer-encoding" for name, _ in headers)
-    dropped = _RESPONSE_DROPPED_WITH_LENGTH if chunked or status in BODYLESS_STATUSES else _RESPONSE_DROPPED
-    named = connection_named(headers)
+    result: list[Header] = []
+    named: frozenset[bytes] = frozenset()
+    drop_length = status in BODYLESS_STATUSES
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _RESPONSE_DROPPED:
+            if lowered == b"transfer-encoding":
+                drop_length = True
+            elif lowered == b"connection":
+                named |= _tokens(value)
+            continue
+        result.append((lowered, value))
+    if drop_length:
+        named |= _CONTENT_LENGTH
     if named:
-        dropped = dropped | named
-    return [(name.lower(), value) for name, value in headers if name.lower() not in dropped]
+        result = [(name, value) for name, value in result if name not in named]
+    return result
+
+
+def _tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(token.strip().lower() for token in value.split(b","))

@@ -1,12 +1,13 @@
 """Prometheus metrics (`prometheus-client`) for `/_gateway/metrics`.
 
-Per-exchange metrics are recorded once per exchange by the access-log middleware, through children looked up
-once per label set (a dict probe, not prometheus-client's label resolution on every request). Upstream state
-(health, ejections, retries, in-flight) is read from the pools when scraped, so it costs nothing per request.
+Per-exchange metrics are tallied in plain Python by the access-log middleware and folded into
+prometheus-client's metrics before each scrape and every FOLD_INTERVAL. Upstream state (health, ejections,
+retries, in-flight) is read from the pools when scraped, so it costs nothing per request.
 
 With several workers, `python -m gateway` points `PROMETHEUS_MULTIPROC_DIR` at a fresh folder before the
 workers start, and a scrape sums the per-exchange metrics of all workers (prometheus-client's multiprocess
-mode); upstream state then comes from the worker that answers the scrape (each worker checks health itself).
+mode); the other workers' latest FOLD_INTERVAL may not be in it yet. Upstream state comes from the worker
+that answers the scrape (each worker checks health itself).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +33,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Reasons (scope["gateway.reason"]) that are the upstream's fault rather than a refusal of the client.
 UPSTREAM_FAILURES = frozenset({"upstream_unreachable", "upstream_broken", "upstream_timeout"})
 STATUS_CLASSES = {index: f"{index}xx" for index in range(1, 6)}
+# Seconds between folds of the per-exchange tallies into the metrics: how late, at most, another worker's
+# exchanges show in a scrape (the worker answering it folds its own first). A fold costs tens of µs.
+FOLD_INTERVAL = 0.25
 
 
 class GatewayMetrics:
@@ -87,7 +92,9 @@ class GatewayMetrics:
         registry.register(self._state)
         if os.environ.get(MULTIPROCESS_VARIABLE):
             _forget_dead_workers(os.environ[MULTIPROCESS_VARIABLE])
-        self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        self._tallies: dict[tuple[str, str, int], _Tally] = {}
+        self._events: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        self.in_flight_now = 0  # kept by the access-log middleware; the gauge gets it when folded
 
     def observe(
         self,
@@ -101,34 +108,49 @@ class GatewayMetrics:
         reason: str | None,
         cache: str | None = None,
     ) -> None:
-        """One finished exchange (called by the access-log middleware)."""
+        """One finished exchange (called by the access-log middleware): tallied here in plain Python, and
+        folded into the metrics by fold(), because prometheus-client's own calls (a lock per increment, a
+        bucket scan per observation) cost several µs an exchange."""
         route_label = route or ""
         key = (route_label, method, status // 100)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self._requests.labels(route_label, method, STATUS_CLASSES.get(status // 100, "other")),
-                self._duration.labels(route_label),
-                self._upstream_time.labels(route_label),
-                self._bytes_in.labels(route_label),
-                self._bytes_out.labels(route_label),
-            )
-        requests, duration, upstream_time, received, sent = children
-        requests.inc()
-        duration.observe(seconds)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally()
+        tally.requests += 1
+        tally.duration[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        tally.duration_sum += seconds
         if upstream_seconds is not None:
-            upstream_time.observe(upstream_seconds)
-        if bytes_in:
-            received.inc(bytes_in)
-        if bytes_out:
-            sent.inc(bytes_out)
+            tally.upstream[bisect_left(LATENCY_BUCKETS, upstream_seconds)] += 1
+            tally.upstream_sum += upstream_seconds
+        tally.bytes_in += bytes_in
+        tally.bytes_out += bytes_out
         if cache is not None:
-            self._cache.labels(route_label, cache).inc()
+            self._count(self._cache, (route_label, cache))
         if reason is not None:
             if reason in UPSTREAM_FAILURES:
-                self._upstream_failures.labels(route_label, reason).inc()
+                self._count(self._upstream_failures, (route_label, reason))
             elif reason != "client_closed":
-                self._refusals.labels(reason).inc()
+                self._count(self._refusals, (reason,))
+
+    def _count(self, counter: Counter, labels: tuple[str, ...]) -> None:
+        self._events[(counter, labels)] = self._events.get((counter, labels), 0) + 1
+
+    def fold(self) -> None:
+        """Move the tallies into the prometheus-client metrics (before a scrape, and every FOLD_INTERVAL, so
+        that another worker's scrape sees this one's exchanges in multiprocess mode)."""
+        tallies, self._tallies = self._tallies, {}
+        events, self._events = self._events, {}
+        for (route, method, status_class), tally in tallies.items():
+            self._requests.labels(route, method, STATUS_CLASSES.get(status_class, "other")).inc(tally.requests)
+            _add_observations(self._duration.labels(route), tally.duration, tally.duration_sum)
+            _add_observations(self._upstream_time.labels(route), tally.upstream, tally.upstream_sum)
+            if tally.bytes_in:
+                self._bytes_in.labels(route).inc(tally.bytes_in)
+            if tally.bytes_out:
+                self._bytes_out.labels(route).inc(tally.bytes_out)
+        for (counter, labels), count in events.items():
+            counter.labels(*labels).inc(count)
+        self.in_flight.set(self.in_flight_now)
 
     def track(self, pools: Mapping[str, UpstreamPool], stores: Sequence[object | None]) -> None:
         """Read upstream state from these pools from now on (after a reload); counters carry on."""
@@ -136,12 +158,14 @@ class GatewayMetrics:
 
     def exposition(self) -> bytes:
         """The text format, summed over all workers in multiprocess mode."""
+        self.fold()
         if os.environ.get(MULTIPROCESS_VARIABLE):
             return generate_latest(self._merged()) + generate_latest(_StateOnly(self._state))
         return generate_latest(self.registry)
 
     def snapshot(self) -> dict[str, Any]:
         """Cumulative totals for the dashboard, which turns two snapshots into rates and percentiles."""
+        self.fold()
         registry = self._merged() if os.environ.get(MULTIPROCESS_VARIABLE) else self.registry
         by_status: dict[str, float] = {}
         by_route: dict[str, float] = {}
@@ -185,6 +209,32 @@ class GatewayMetrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return merged
+
+
+class _Tally:
+    """One label set's exchanges since the last fold."""
+
+    __slots__ = ("bytes_in", "bytes_out", "duration", "duration_sum", "requests", "upstream", "upstream_sum")
+
+    def __init__(self) -> None:
+        self.requests = self.bytes_in = self.bytes_out = 0
+        self.duration_sum = self.upstream_sum = 0.0
+        # Per bucket of LATENCY_BUCKETS (not cumulative), the last one for +Inf.
+        self.duration = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.upstream = [0] * (len(LATENCY_BUCKETS) + 1)
+
+
+def _add_observations(histogram: Histogram, per_bucket: list[int], total: float) -> None:
+    """What `observe()` once per observation would have done, for many at once. prometheus-client has no public
+    call for it, so this adds to the child's bucket and sum values (pinned version; tests/unit/test_admin.py
+    checks the exposition against direct observe() calls)."""
+    if not any(per_bucket):
+        return
+    buckets = histogram._buckets
+    for index, count in enumerate(per_bucket):
+        if count:
+            buckets[index].inc(count)
+    histogram._sum.inc(total)
 
 
 def _forget_dead_workers(folder: str) -> None:

@@ -18,6 +18,7 @@ from gateway.clientip import ClientIPResolver
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
 from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.paths import strip_segments, url_safe
+from gateway.prebuilt import prebuilt_headers
 from gateway.retries import NOT_SENT, RetryPolicy
 from gateway.transport import COMPLETE_BODY, TLS_CONTEXT
 from gateway.upstreams import Upstream, UpstreamPool
@@ -325,7 +326,7 @@ class ProxyEndpoint:
         return httpx.Request(
             scope["method"],
             upstream.url_for(url_safe(target)),
-            headers=upstream_headers,
+            headers=prebuilt_headers(upstream_headers),
             stream=body,
             extensions={"timeout": self._timeouts, **self._tls_extension},
         )

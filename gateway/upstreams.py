@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.balancers import Balancer
-from gateway.urls import upstream_url
+from gateway.prebuilt import upstream_url
 from settings import OutlierSettings, UpstreamSettings
 
 

@@ -78,7 +78,7 @@ class AccessLogMiddleware:
         upstream_headers = timings.get("upstream_headers")
         upstream_seconds = upstream_headers - started if upstream_headers else None
         if self._metrics is not None:
-            self._metrics.in_flight.dec()
+            self._metrics.in_flight_now -= 1
             self._metrics.observe(
                 scope.get(keys.ROUTE),
                 scope.get("method", "GET"),
@@ -130,7 +130,7 @@ class AccessLogMiddleware:
     ) -> None:
         """Run the exchange with its counting receive and send, then log and record it, whatever happened."""
         if self._metrics is not None:
-            self._metrics.in_flight.inc()
+            self._metrics.in_flight_now += 1
         try:
             await self.app(scope, receive, send)
         finally:

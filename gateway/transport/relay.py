@@ -13,6 +13,7 @@ from typing import cast
 
 import httpx
 
+from gateway.prebuilt import prebuilt_headers
 from gateway.transport.connection import UpstreamConnection
 from gateway.transport.pool import OriginPool
 
@@ -75,13 +76,13 @@ class RelayTransport(httpx.AsyncBaseTransport):
                 ResponseBody(pool, conn, None).finish()
                 return httpx.Response(
                     conn.status,
-                    headers=conn.headers,
+                    headers=prebuilt_headers(conn.headers),
                     stream=httpx.ByteStream(content),
                     extensions={"http_version": b"HTTP/1.1", COMPLETE_BODY: content},
                 )
             return httpx.Response(
                 conn.status,
-                headers=conn.headers,
+                headers=prebuilt_headers(conn.headers),
                 stream=ResponseBody(pool, conn, timeouts.get("read")),
                 extensions={"http_version": b"HTTP/1.1"},
             )

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from gateway import create_app
+from gateway.metrics import FOLD_INTERVAL
 from settings import GatewaySettings, SettingsError
 from tests.conftest import settings_with
 from tests.servers import (
@@ -142,7 +143,14 @@ def test_several_workers_sum_their_metrics_and_are_replaced_on_reload(tmp_path: 
             wait_for_health(url, process)
             for _ in range(20):  # new connections: the kernel spreads them over both workers
                 assert httpx.get(url + "/api/x").text == "one"
+            # Each worker folds its tallies into the shared files every FOLD_INTERVAL (and the one that answers
+            # the scrape at once), so the sum is complete within that interval.
+            summed = 'gateway_requests_total{method="GET",route="/api",status="2xx"} 20.0'
+            deadline = time.monotonic() + WAIT
             metrics = httpx.get(url + "/_gateway/metrics").text
+            while summed not in metrics and time.monotonic() < deadline:
+                time.sleep(FOLD_INTERVAL / 2)
+                metrics = httpx.get(url + "/_gateway/metrics").text
             config.write_text("[[routes]]\nprefix = 'no-slash'\n")
             refused = httpx.post(url + "/_gateway/reload")
             config.write_text(f'[[routes]]\nprefix = "/api"\nupstreams = ["{two.url}"]\n')
@@ -157,7 +165,7 @@ def test_several_workers_sum_their_metrics_and_are_replaced_on_reload(tmp_path: 
         finally:
             process.send_signal(signal.SIGTERM)
             process.communicate(timeout=WAIT)
-    assert 'gateway_requests_total{method="GET",route="/api",status="2xx"} 20.0' in metrics
+    assert summed in metrics
     assert refused.status_code == 400 and refused.json()["errors"][0].startswith("routes[0].prefix")
     assert accepted.status_code == 200
     assert set(answers) == {"two"}, "every worker was replaced and serves the new configuration"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.urls import upstream_url
+from gateway.prebuilt import prebuilt_headers, upstream_url
 
 
 @pytest.mark.parametrize(
@@ -28,3 +28,13 @@ def test_assembled_urls_equal_parsed_ones(scheme: str, host: str, port: int | No
         parsed.scheme,
     )
     assert str(built) == str(parsed)
+
+
+def test_prebuilt_headers_equal_constructed_ones() -> None:
+    pairs = [(b"Content-Type", b"text/plain"), (b"set-cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"X-Empty", b"")]
+    built, constructed = prebuilt_headers(pairs), httpx.Headers(pairs)
+    assert built._list == constructed._list
+    assert built.raw == constructed.raw == pairs
+    assert built.get_list("set-cookie") == ["a=1", "b=2"] and built["content-type"] == "text/plain"
+    # as the relay builds its requests: with a stream, so that httpx adds no Host or length of its own
+    assert httpx.Request("GET", "http://up.internal/", headers=built, stream=httpx.ByteStream(b"")).headers.raw == pairs
