@@ -24,12 +24,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
 from gateway.errors import PROBLEM_TYPE, problem_body
+from gateway.server.writes import HeadHoldingTransport
 from settings import LimitsSettings, load_settings
 
 logger = logging.getLogger("gateway.server")
@@ -108,7 +110,10 @@ class EdgeProtocol(HttpToolsProtocol):
     # Connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # Everything written on the connection (responses, refusals, a WebSocket's frames) goes through the
+        # head-holding transport, so that nothing overtakes a held response head.
+        self._writer = HeadHoldingTransport(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, self._writer))
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -127,6 +132,10 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._refuse_now(HEAD_TOO_LARGE)
             else:
                 self._arm_head_timer()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._writer.start_response()
+        super()._start_asgi_task(cycle, app)
 
     def send_400_response(self, msg: str) -> None:
         refusal = self._refusal or BAD_FRAMING
