@@ -23,13 +23,13 @@ from unittest import mock
 import uvloop
 from uvicorn.server import ServerState
 
-from bench.protocol import OPTIONS, MemoryTransport
+from bench.protocol import MemoryTransport
 from gateway import create_app
 from gateway.logs import configure_logging
-from gateway.server import EdgeProtocol, GatewayConfig
+from gateway.server import EdgeProtocol, GatewayConfig, server_options
 from gateway.transport.connection import UpstreamConnection
 from gateway.transport.pool import OriginPool, _State
-from settings import AccessLogSettings, GatewaySettings, LimitsSettings, RouteSettings
+from settings import AccessLogSettings, GatewaySettings, RouteSettings
 
 REQUEST = (
     b"GET /api/users?page=2 HTTP/1.1\r\nHost: gateway.example\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
@@ -105,7 +105,7 @@ async def per_request_us(settings: GatewaySettings, requests: int, connections: 
     app = create_app(settings)
     lifespan = Lifespan(app)
     await lifespan.start()
-    config = GatewayConfig(app, limits=LimitsSettings(), **OPTIONS)
+    config = GatewayConfig(app, limits=settings.limits, **server_options(settings))  # as `python -m gateway` serves
     config.load()
     await _drive(config, 20, connections)  # warm-up: upstream connections, caches
     started = time.process_time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 Header = tuple[bytes, bytes]
@@ -113,6 +114,7 @@ def upstream_request_headers(headers: Iterable[Header], forwarded: ForwardedFor,
                 value = b"%d" % int(value)  # "003" -> "3": the server checked it is digits; upstreams may not agree
         if lowered not in dropped:
             result.append((lowered, value))
+    named -= dropped  # ("keep-alive" is hop-by-hop anyway)
     if named:
         result = [(name, value) for name, value in result if name not in named or name == b"host"]
     seen = {name for name, _ in result} if forwarded.trusted else _NOTHING
@@ -147,6 +149,7 @@ def client_response_headers(headers: Iterable[Header], status: int) -> list[Head
                 named |= _tokens(value)
             continue
         result.append((lowered, value))
+    named -= _RESPONSE_DROPPED
     if drop_length:
         named |= _CONTENT_LENGTH
     if named:
@@ -154,5 +157,6 @@ def client_response_headers(headers: Iterable[Header], status: int) -> list[Head
     return result
 
 
+@functools.lru_cache(maxsize=64)  # nearly every message says "keep-alive" or "close"
 def _tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(token.strip().lower() for token in value.split(b","))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,7 +33,8 @@ class RequestIdMiddleware:
                 if _ACCEPTABLE_ID.fullmatch(candidate):
                     request_id = candidate
                 break
-        request_id = request_id or os.urandom(16).hex()
+        # Unique, not secret: the process's seeded PRNG (random reseeds after fork), no system call per request.
+        request_id = request_id or f"{random.getrandbits(128):032x}"
         scope[keys.REQUEST_ID] = request_id
         id_header = (b"x-request-id", request_id.encode("latin-1"))
 

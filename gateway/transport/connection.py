@@ -52,7 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, on_lost: Callable[[UpstreamConnection], None]) -> None:
         self._on_lost = on_lost
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.active = False
@@ -71,7 +71,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.keep_alive = True
-        self.close_delimited = False
         self.error: Exception | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -95,13 +94,19 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError(f"invalid response from upstream: {exc}"))
 
     def eof_received(self) -> bool:
-        if self.close_delimited and self.head_done and not self.complete:
+        if self.head_done and not self.complete and self._close_delimited():
             self.complete = True  # RFC 9112 6.3: a body without length ends when the connection does
             self.keep_alive = False
             self._wake()
         elif not self.complete:
             self._fail(httpx.RemoteProtocolError("upstream closed the connection before the response ended"))
         return False
+
+    def _close_delimited(self) -> bool:
+        """Whether the body runs until the connection closes: no length and not chunked (only asked at EOF)."""
+        return self.status not in (204, 304) and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -131,9 +136,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.head_done = True
         self.keep_alive = self._parser.should_keep_alive()
-        self.close_delimited = status not in (204, 304) and not any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
-        )
         if self.head_only:
             # llhttp cannot be told that a HEAD response has no body; end here and never reuse.
             self.complete = True
@@ -172,7 +174,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def drain(self, timeout: float | None) -> None:
         if not self._write_paused or self.closed:
             return
-        self._drain_waiter = self._loop.create_future()
+        self._drain_waiter = self.loop.create_future()
         try:
             await wait_until(self._drain_waiter, timeout, httpx.WriteTimeout, "upstream did not take the body in time")
         finally:
@@ -204,7 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def _wait(self, timeout: float | None) -> None:
         if self.error is not None:
             raise self.error
-        self._waiter = self._loop.create_future()
+        self._waiter = self.loop.create_future()
         try:
             await wait_until(self._waiter, timeout, httpx.ReadTimeout, "upstream did not answer in time")
         finally:

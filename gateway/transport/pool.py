@@ -48,11 +48,10 @@ class OriginPool:
         return len(self._state) + self._opening
 
     async def acquire(self, pool_timeout: float | None, connect_timeout: float | None) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
         while True:
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.closed and loop.time() - conn.idle_since < self._idle_expiry:
+                if not conn.closed and conn.loop.time() - conn.idle_since < self._idle_expiry:
                     self._state[conn] = _State.ACTIVE
                     conn.reused = True
                     return conn
@@ -111,7 +110,7 @@ class OriginPool:
             self.discard(conn)
             return
         self._state[conn] = _State.IDLE
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         self._idle.append(conn)
         self._wake_waiter()
 

@@ -150,12 +150,15 @@ class ResponseBody(httpx.AsyncByteStream):
 
 
 def _request_head(request: httpx.Request) -> bytes:
-    url = request.url
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), url.raw_path)]
-    lines += [name + b": " + value for name, value in request.headers.raw]
-    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    raw = request.headers.raw
+    parts = [request.method.encode(), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    for name, value in raw:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    head = b"".join(parts)
     # One line per header and no stray CR, LF or NUL: nothing can split the message (request smuggling).
-    if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1 or b"\x00" in head:
+    lines = len(raw) + 2
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
         raise httpx.LocalProtocolError("a request header contains CR, LF or NUL", request=request)
     return head
 
