@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-# A first body write up to this size is joined to the held head (a copy); a larger one follows it separately.
-JOIN_LIMIT = 16 * 1024
-
 
 class HeadHoldingTransport:
     """Wraps a connection's transport for its response cycles.
@@ -41,10 +38,8 @@ class HeadHoldingTransport:
         held = self._held
         if held is not None:
             self._held = None
-            if len(data) <= JOIN_LIMIT:
-                self._transport.write(held + data)
-                return
-            self._transport.write(held)
+            self._transport.writelines((held, data))  # one writev() with uvloop, and no copy
+            return
         self._transport.write(data)
 
     def flush(self) -> None:

@@ -171,6 +171,12 @@ class UpstreamConnection(asyncio.Protocol):
             raise httpx.WriteError("upstream connection closed while sending the request")
         self.transport.write(data)
 
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        """Several pieces in one system call (writev), without joining them first."""
+        if self.transport is None or self.closed:
+            raise httpx.WriteError("upstream connection closed while sending the request")
+        self.transport.writelines(parts)
+
     async def drain(self, timeout: float | None) -> None:
         if not self._write_paused or self.closed:
             return

@@ -170,18 +170,22 @@ async def _stream_body(
     request: httpx.Request,
     write_timeout: float | None,
 ) -> None:
-    """Write the head, then the body as it comes (chunked unless a Content-Length was given)."""
+    """Write the head and then the body as it comes (chunked unless a Content-Length was given). The head leaves
+    with the first piece of body, and each chunk with its framing, in one system call (writev) each."""
     assert isinstance(body, httpx.AsyncByteStream)
     chunked = "content-length" not in request.headers
-    conn.write(head)
+    unsent: tuple[bytes, ...] = (head,)
     try:
         async for part in body:
             if not part:
                 continue
-            conn.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+            conn.writelines((*unsent, b"%x\r\n" % len(part), part, b"\r\n") if chunked else (*unsent, part))
+            unsent = ()
             await conn.drain(write_timeout)
         if chunked:
-            conn.write(b"0\r\n\r\n")
+            unsent += (b"0\r\n\r\n",)
+        if unsent:
+            conn.writelines(unsent)
     except httpx.WriteError:
         if not conn.head_done:
             raise  # an upstream that answered early (a 413, say) keeps its answer; otherwise it failed
