@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -10,11 +11,14 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from gateway.server.listen import ListenError, listening_sockets
 from gateway.server.protocol import EdgeProtocol
 from gateway.server.redirect import RedirectToHttps
 from gateway.server.tls import ContextFactory
 from gateway.workers import prepare_workers
 from settings import GatewaySettings, LimitsSettings
+
+logger = logging.getLogger("gateway.server")
 
 APP = "gateway.main:app"  # an import string, so that each worker process builds its own app (pools are per worker)
 STARTUP_FAILURE = 3  # uvicorn's exit status when it could not start
@@ -67,13 +71,18 @@ def run_server(settings: GatewaySettings, *, host: str | None = None, port: int 
     # makes that a plain exit 0, and a SIGTERM during start-up a prompt stop.
     signal.signal(signal.SIGTERM, lambda signum, frame: setattr(server, "should_exit", True))
     try:
+        sockets = listening_sockets(config)
+    except ListenError as exc:
+        logger.error("%s", exc)
+        return STARTUP_FAILURE
+    try:
         if redirect is not None:
             redirect.start()
         if config.workers > 1:
             prepare_workers()
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            Multiprocess(config, sockets=sockets).run()
             return 0
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         pass
     finally:
