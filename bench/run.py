@@ -211,10 +211,9 @@ def measure(url: str, scenario: Scenario, duration: int, pid: int | None) -> dic
     return result
 
 
-def gateway_command(port: int, workers: int) -> list[str]:
-    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--http", "gateway.server:EdgeProtocol"]  # as `python -m gateway` serves: [limits] enforced
-    command += ["--no-proxy-headers", "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+def gateway_command(port: int) -> list[str]:
+    """The gateway as it ships: `python -m gateway serve` (edge protocol, its listening sockets, workers)."""
+    command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
     return pinned(os.environ.get("PROXY_CPU", "0"), command)
 
 
@@ -247,8 +246,9 @@ def main() -> None:
         for feature in features:
             port = free_port()
             env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp), origin_url)}
+            env |= {"GATEWAY_SERVER__WORKERS": str(args.workers), "GATEWAY_SERVER__LOG_LEVEL": "warning"}
             gateway_url = f"http://127.0.0.1:{port}"
-            with running(gateway_command(port, args.workers), gateway_url + "/_gateway/health", env) as gateway:
+            with running(gateway_command(port), gateway_url + "/_gateway/health", env) as gateway:
                 for scenario in scenarios:
                     through = measure(gateway_url, scenario, args.duration, gateway.pid)
                     rows.append((scenario, feature, direct[scenario.name], through))
