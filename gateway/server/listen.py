@@ -6,7 +6,8 @@ of milliseconds, so a burst of new connections waited in the listen queue: wrk o
 last connections' first requests wait 1-2 s (bench/RESULTS.md). The kernel spreads new connections over
 sockets that share a port, and each turn takes one from each.
 
-SO_REUSEPORT lets another process of the same user bind the same port too (as with nginx's `reuseport`).
+SO_REUSEPORT would also let a second gateway of the same user join the port silently and take part of the
+connections, so the address is first probed with an ordinary bind: a port in use is refused, as before.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def listening_sockets(config: uvicorn.Config, count: int = LISTENERS) -> list[so
     port = config.port
     sockets: list[socket.socket] = []
     try:
+        if port:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:  # fails while anything listens there
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((config.host, port))
         for _ in range(count):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)

@@ -42,3 +42,14 @@ def test_an_address_in_use_is_a_clear_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
             listening_sockets(uvicorn.Config("gateway.main:app", host="127.0.0.1", port=port), count=4)
+
+
+def test_a_second_gateway_cannot_join_the_port() -> None:
+    first = listening_sockets(uvicorn.Config("gateway.main:app", host="127.0.0.1", port=0), count=4)
+    try:
+        port = first[0].getsockname()[1]
+        with pytest.raises(ListenError, match="in use"):
+            listening_sockets(uvicorn.Config("gateway.main:app", host="127.0.0.1", port=port), count=4)
+    finally:
+        for sock in first:
+            sock.close()
