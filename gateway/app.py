@@ -311,8 +311,8 @@ class Runtime:
 
 def _settle_heap() -> None:
     """Move everything built at start-up (modules, settings models, route stacks: over half a million
-    objects) out of the garbage collector's sight. Otherwise each full collection walks them all again,
-    which cost the relay about a third of its CPU per request under load (bench/pipeline.py)."""
+    objects) out of the garbage collector's sight, so that its full collections stop walking them all again
+    (with the client's per-exchange cycles gone too, bench/pipeline.py went from 215 to 160 µs a request)."""
     gc.collect()
     gc.freeze()
 

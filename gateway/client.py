@@ -65,8 +65,8 @@ class GatewayClient(httpx.AsyncClient):
     transport when httpx's auth and redirect machinery has nothing to do (tens of µs a request).
 
     That direct path also leaves no reference cycle behind: httpx binds each response's stream to the
-    response, so every exchange left ~28 objects (request, URL, headers) for the cyclic garbage collector,
-    which cost the relay about a tenth of its CPU under load.
+    response, so every exchange left ~28 objects (request, URL, headers) for the cyclic garbage collector.
+    With that gone and the start-up heap frozen (app.py), bench/pipeline.py went from 215 to 160 µs a request.
     """
 
     async def send(
