@@ -146,18 +146,22 @@ def wait_until_up(url: str) -> None:
 
 
 @contextlib.contextmanager
-def running(command: list[str], url: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # (The access log goes to stdout, here to /dev/null: its formatting and writing are still paid for.)
-    try:
-        wait_until_up(url)
-        yield process
-    finally:
-        process.terminate()
+def running(
+    command: list[str], url: str, env: dict[str, str] | None = None, cwd: Path = ROOT, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` started, and stopped on leaving; its output goes to `log`, or is dropped."""
+    with log.open("wb") if log else open(os.devnull, "wb") as output:
+        # (The access log goes to stdout, by default to /dev/null: its formatting and writing are still paid for.)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=output)
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            wait_until_up(url)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @contextlib.contextmanager

@@ -11,3 +11,6 @@ CACHE = "gateway.cache"  # str: what the route cache did (hit, stale, revalidate
 UPSTREAM_DATE = (
     "gateway.upstream_date"  # bytes | None: the upstream's Date (the client gets the gateway's), for the cache
 )
+# Callable[[], None], set by the edge protocol (absent under other servers): the app calls it before sending a
+# response that brings its own Date, so that the server leaves out its own.
+OWN_DATE = "gateway.own_date"

@@ -36,6 +36,20 @@ class CacheSettings(BaseModel):
     default_ttl: float = Field(
         0, ge=0, description="With `store_without_freshness`: lifetime for such responses. Default 0."
     )
+    set_cookie: Literal["store", "strip", "bypass"] = Field(
+        "store",
+        description='Responses that set cookies: "store" them with their cookies, as RFC 9111 3.1 asks (an '
+        'upstream that marks such a response shareable shares its cookie); "strip" the cookies from what is stored '
+        '(the client that caused the miss still gets them); "bypass": never store them (nginx\'s default). '
+        'Default "store".',
+    )
+    stale_if_unreachable: float = Field(
+        60,
+        ge=0,
+        description="Seconds past its freshness a stored response may still answer when the upstream cannot be "
+        "reached, breaks the connection or times out (RFC 9111 4.2.4 lets a disconnected cache serve stale); "
+        "never for must-revalidate, proxy-revalidate, s-maxage or no-cache responses. 0 turns it off. Default 60.",
+    )
 
 
 class CacheStoreSettings(BaseModel):

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import scope as keys
 from gateway.cache.policy import (
-    NEVER_SHARED,
+    COOKIE_FIELDS,
     SAFE_METHODS,
     Header,
     Stored,
@@ -34,6 +34,7 @@ from gateway.cache.policy import (
     stored_headers,
     vary_snapshot,
 )
+from gateway.cache.ranges import UNSATISFIABLE, byte_range, if_range_holds
 from gateway.cache.store import CacheStore
 from gateway.errors import send_problem
 from settings import CacheSettings
@@ -42,6 +43,12 @@ logger = logging.getLogger("gateway.cache")
 
 CACHE_STATUS = b"cache-status"
 _CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"})
+_RANGE_FIELDS = frozenset({b"range", b"if-range"})
+# Stored fields an answer from the cache works out afresh.
+_RECOMPUTED = frozenset({b"age", b"content-length"})
+_RECOMPUTED_AND_DATE = _RECOMPUTED | {b"date"}
+# The proxy's reasons (gateway.errors) for answering 502/503/504 itself: the upstream was not reachable.
+_UNREACHABLE = frozenset({"upstream_unreachable", "upstream_broken", "upstream_timeout", "no_upstream"})
 
 
 class CacheMiddleware:
@@ -57,6 +64,7 @@ class CacheMiddleware:
         self._settings = settings
         self._store = store
         self._clock = clock or (lambda: wall_clock())
+        self._strip_cookies = settings.set_cookie != "store"
         self._collapsing: dict[str, asyncio.Event] = {}  # keys with a miss in flight upstream
         self._refreshes: set[asyncio.Task[None]] = set()  # background revalidations (kept referenced)
 
@@ -73,10 +81,10 @@ class CacheMiddleware:
                 await self._unsafe(scope, receive, send, key)
             return
         headers: list[Header] = scope["headers"]
-        if any(name == b"range" for name, _ in headers):
-            await self.app(scope, receive, send)  # partial content is not stored here: the upstream answers
-            return
         if await self._served_from_store(scope, send, key):
+            return
+        if method == "GET" and any(name == b"range" for name, _ in headers):
+            await self.app(scope, receive, send)  # partial content is not stored: the upstream answers
             return
         leader = self._collapsing.get(key)
         if leader is not None and not parse_cache_control(headers).has("no-cache"):
@@ -133,7 +141,8 @@ class CacheMiddleware:
         if key in self._collapsing:
             return
         done = self._collapsing[key] = asyncio.Event()
-        background = {**scope, "method": "GET", "headers": list(scope["headers"])}
+        headers = [(name, value) for name, value in scope["headers"] if name not in _RANGE_FIELDS]
+        background = {**scope, "method": "GET", "headers": headers}
         background.pop(keys.TIMINGS, None)  # the client's request has its own
         body_sent = False
 
@@ -197,15 +206,23 @@ class CacheMiddleware:
                     state["held"] = etag is None or etag.startswith(b"W/") or etag == first(stored.headers, b"etag")
                     state["held"] = True if state["held"] else "mismatch"
                     return
-                if stored is not None and status >= 500 and stale_if_error(stored, client_headers, self._clock()):
+                if (
+                    stored is not None
+                    and status >= 500
+                    and self._may_answer_stale(stored, client_headers, upstream_scope.get(keys.REASON))
+                ):
                     state["held"] = "error"
                     return
-                state["storing"] = method == "GET" and storable(
-                    method,
-                    status,
-                    client_headers,
-                    headers,
-                    store_without_freshness=self._settings.store_without_freshness,
+                state["storing"] = (
+                    method == "GET"
+                    and storable(
+                        method,
+                        status,
+                        client_headers,
+                        headers,
+                        store_without_freshness=self._settings.store_without_freshness,
+                    )
+                    and not (self._settings.set_cookie == "bypass" and _sets_cookies(headers))
                 )
                 outcome = miss + (b"; stored" if state["storing"] else b"")
                 if validating:
@@ -232,11 +249,17 @@ class CacheMiddleware:
             await self._freshen_from_head(key, stored, state, request_time)
         if state["held"] is True:
             assert stored is not None
-            renewed = freshened(stored, state["headers"], request_time, state["response_time"])
+            renewed = freshened(
+                stored, state["headers"], request_time, state["response_time"], strip_cookies=self._strip_cookies
+            )
             await self._store.put(key, renewed)
             scope[keys.CACHE] = "revalidated"
-            # Cookies set on this 304 were set for this client's request: they go to it, never into the store.
-            cookies = [(name, value) for name, value in state["headers"] if name.lower() in NEVER_SHARED]
+            # Cookies not stored (set_cookie "strip" or "bypass") still reach the client this 304 answered.
+            cookies = (
+                [(name, value) for name, value in state["headers"] if name.lower() in COOKIE_FIELDS]
+                if self._strip_cookies
+                else []
+            )
             await self._answer(scope, send, renewed, self._clock(), b"fwd=stale; fwd-status=304", cookies)
         elif state["held"] == "mismatch":
             await self._store.drop(key)
@@ -244,7 +267,14 @@ class CacheMiddleware:
         elif state["held"] == "error":
             assert stored is not None
             scope[keys.CACHE] = "stale_if_error"
-            await self._answer(scope, send, stored, self._clock(), b"hit; fwd=stale; detail=stale-if-error")
+            detail = b"upstream-unreachable" if scope.get(keys.REASON) in _UNREACHABLE else b"stale-if-error"
+            await self._answer(scope, send, stored, self._clock(), b"hit; fwd=stale; detail=" + detail)
+
+    def _may_answer_stale(self, stored: Stored, request_headers: list[Header], reason: str | None) -> bool:
+        """After a 5xx: within stale-if-error, or a while longer when the gateway could not reach the upstream
+        (the proxy's reason for answering itself)."""
+        window = self._settings.stale_if_unreachable if reason in _UNREACHABLE else 0.0
+        return stale_if_error(stored, request_headers, self._clock(), window)
 
     async def _freshen_from_head(self, key: str, stored: Stored, state: dict[str, Any], request_time: float) -> None:
         """RFC 9111 4.3.5: a 200 to a HEAD updates the stored GET it describes, or invalidates it if its
@@ -258,7 +288,7 @@ class CacheMiddleware:
         await self._store.put(key, freshened(stored, head, request_time, state["response_time"]))
 
     async def _store_response(self, key: str, scope: Scope, state: dict[str, Any], request_time: float) -> None:
-        headers = stored_headers(state["headers"])
+        headers = stored_headers(state["headers"], strip_cookies=self._strip_cookies)
         status: int = state["status"]
         settings = self._settings
         lifetime = freshness_lifetime(
@@ -284,18 +314,24 @@ class CacheMiddleware:
     async def _answer(
         self, scope: Scope, send: Send, stored: Stored, now: float, detail: bytes, extra: list[Header] | None = None
     ) -> None:
-        """A response from the cache: the stored headers with a computed Age, or 304 for a matching condition."""
+        """A response from the cache: the stored headers with a computed Age, 304 for a matching condition,
+        206 or 416 for a byte range of a stored 200."""
         client_headers: list[Header] = scope["headers"]
         conditional = any(name in (b"if-none-match", b"if-modified-since") for name, _ in client_headers)
         status = stored.status
         body = stored.body
-        # The server adds the current Date; the stored one stays behind (Age says how old the response is).
-        headers = [(name, value) for name, value in stored.headers if name.lower() not in (b"age", b"date")]
+        # The stored Date goes out (Age counts from it) where the server can be told to leave out its own.
+        own_date = scope.get(keys.OWN_DATE)
+        if own_date is not None:
+            own_date()
+        replaced = _RECOMPUTED if own_date is not None else _RECOMPUTED_AND_DATE
+        headers = [(name, value) for name, value in stored.headers if name.lower() not in replaced]
         if conditional and status == 200 and not_modified_for(stored, client_headers):
             status, body = 304, b""
-            headers = [(name, value) for name, value in headers if name.lower() not in (b"content-length",)]
+        elif status == 200 and scope["method"] == "GET":
+            status, body, headers = _ranged(client_headers, stored, headers)
         headers += [*(extra or ()), (b"age", age_header(stored, now)), (CACHE_STATUS, b"gateway; " + detail)]
-        if status != 304 and not any(name.lower() == b"content-length" for name, _ in headers):
+        if status != 304:
             headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
@@ -321,8 +357,23 @@ class CacheMiddleware:
                     await self._store.drop(f"{host} {target}")
 
 
-def _http_date(timestamp: float) -> bytes:
-    return email.utils.formatdate(timestamp, usegmt=True).encode()
+def _ranged(client_headers: list[Header], stored: Stored, headers: list[Header]) -> tuple[int, bytes, list[Header]]:
+    """The status, body and headers for a GET of a stored 200 that may ask for a byte range."""
+    body = stored.body
+    wanted = first(client_headers, b"range")
+    if wanted is None or not if_range_holds(stored.headers, client_headers):
+        return 200, body, headers
+    span = byte_range(wanted, len(body))
+    if span is None:
+        return 200, body, headers
+    if span is UNSATISFIABLE:
+        return 416, b"", [*headers, (b"content-range", b"bytes */%d" % len(body))]
+    start, end = span
+    return 206, body[start:end], [*headers, (b"content-range", b"bytes %d-%d/%d" % (start, end - 1, len(body)))]
+
+
+def _sets_cookies(headers: list[Header]) -> bool:
+    return any(name.lower() in COOKIE_FIELDS for name, _ in headers)
 
 
 def wall_clock() -> float:

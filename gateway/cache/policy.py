@@ -23,9 +23,9 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade", b"trailer"}
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-# Set by the upstream for the client that caused the response; handing it to other clients from the cache
-# would share one user's session with the next (the RFC allows storing it; shared caches usually do not).
-NEVER_SHARED = frozenset({b"set-cookie"})
+# Cookies the upstream set. RFC 9111 3.1 has a cache store them like any field (a public response that sets a
+# cookie sets it for everyone); a route may strip them instead (`set_cookie = "strip"`).
+COOKIE_FIELDS = frozenset({b"set-cookie", b"set-cookie2"})
 
 
 def header_values(headers: Iterable[Header], name: bytes) -> list[bytes]:
@@ -142,9 +142,10 @@ def storable(
     return store_without_freshness and (has_validator or status in HEURISTIC_STATUSES)
 
 
-def stored_headers(headers: Sequence[Header]) -> list[Header]:
+def stored_headers(headers: Sequence[Header], *, strip_cookies: bool = False) -> list[Header]:
     """Headers kept with a stored response: no hop-by-hop ones, none named by Connection, none named by
-    `private="..."` or `no-cache="..."` (those may not be sent to other clients without revalidation)."""
+    `private="..."` or `no-cache="..."` (those may not be sent to other clients without revalidation), and
+    no cookies when `strip_cookies`."""
     named: set[bytes] = set()
     for line in header_values(headers, b"connection"):
         named.update(token.strip().lower() for token in line.split(b","))
@@ -152,7 +153,9 @@ def stored_headers(headers: Sequence[Header]) -> list[Header]:
     for qualified in ("private", "no-cache"):
         if directives.values.get(qualified):
             named.update(token.strip().lower().encode() for token in directives.values[qualified].split(","))
-    return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP | NEVER_SHARED | named]
+    if strip_cookies:
+        named |= COOKIE_FIELDS
+    return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP and name.lower() not in named]
 
 
 def freshness_lifetime(
@@ -215,11 +218,12 @@ class Stored:
 
 
 def _age_header(headers: Sequence[Header]) -> float:
+    """RFC 9111 5.1: the first member of a list-based Age counts; an invalid value is ignored."""
     value = first(headers, b"age")
     if value is None:
         return 0.0
-    text = value.strip()
-    return float(min(int(text), 2**31)) if text.isdigit() else 0.0  # an invalid Age is ignored
+    text = value.split(b",", 1)[0].strip()
+    return float(min(int(text), 2**31)) if text.isdigit() else 0.0
 
 
 def _vary_value(headers: Sequence[Header], name: bytes) -> bytes | None:
@@ -277,12 +281,18 @@ def judge(stored: Stored, request_headers: Sequence[Header], now: float) -> Verd
     return Verdict(False, False, True)
 
 
-def stale_if_error(stored: Stored, request_headers: Sequence[Header], now: float) -> bool:
-    """RFC 5861 4: may this stale response answer when the upstream errs?"""
+def stale_if_error(
+    stored: Stored, request_headers: Sequence[Header], now: float, unreachable_window: float = 0.0
+) -> bool:
+    """May this stale response answer when the upstream errs? Within a `stale-if-error` window (RFC 5861 4),
+    or, when the upstream could not be reached at all, within `unreachable_window` seconds of going stale
+    (RFC 9111 4.2.4 allows a disconnected cache to serve stale). Never when the response forbids it."""
     response = stored.directives()
-    if response.has("must-revalidate") or response.has("proxy-revalidate") or response.has("s-maxage"):
+    if not _may_go_stale(response):
         return False
     staleness = stored.current_age(now) - stored.lifetime
+    if staleness <= unreachable_window:
+        return True
     for directives in (parse_cache_control(request_headers), response):
         window = directives.seconds("stale-if-error")
         if window is not None and window >= 0 and staleness <= window:
@@ -293,20 +303,35 @@ def stale_if_error(stored: Stored, request_headers: Sequence[Header], now: float
 def stale_while_revalidate(stored: Stored, now: float) -> bool:
     """RFC 5861 3: may this stale response answer at once while it is revalidated in the background?"""
     response = stored.directives()
-    if response.has("must-revalidate") or response.has("proxy-revalidate") or response.has("s-maxage"):
-        return False
-    if response.has("no-cache"):
+    if not _may_go_stale(response):
         return False
     window = response.seconds("stale-while-revalidate")
     staleness = stored.current_age(now) - stored.lifetime
     return window is not None and window >= 0 and 0 < staleness <= window
 
 
+def _may_go_stale(response: Directives) -> bool:
+    """RFC 9111 4.2.4: these directives forbid serving the response stale, whatever else allows it."""
+    return not (
+        response.has("must-revalidate")
+        or response.has("proxy-revalidate")
+        or response.has("s-maxage")
+        or (response.has("no-cache") and not response.values["no-cache"])
+    )
+
+
 def age_header(stored: Stored, now: float) -> bytes:
     return str(min(math.floor(stored.current_age(now)), 2**31)).encode()
 
 
-def freshened(stored: Stored, not_modified: Sequence[Header], request_time: float, response_time: float) -> Stored:
+def freshened(
+    stored: Stored,
+    not_modified: Sequence[Header],
+    request_time: float,
+    response_time: float,
+    *,
+    strip_cookies: bool = False,
+) -> Stored:
     """RFC 9111 4.3.4: a 304 updates the stored headers (except framing ones) and restarts its age."""
     replaced = {name.lower() for name, _ in not_modified} - {
         b"content-length",
@@ -314,7 +339,8 @@ def freshened(stored: Stored, not_modified: Sequence[Header], request_time: floa
         b"transfer-encoding",
     }
     headers = [(name, value) for name, value in stored.headers if name.lower() not in replaced]
-    headers += [(name, value) for name, value in stored_headers(not_modified) if name.lower() in replaced]
+    kept = stored_headers(not_modified, strip_cookies=strip_cookies)
+    headers += [(name, value) for name, value in kept if name.lower() in replaced]
     return Stored(
         stored.status,
         headers,

@@ -135,6 +135,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._writer.start_response()
+        cast(dict[str, Any], cycle.scope)[keys.OWN_DATE] = functools.partial(_without_server_date, cycle)
         super()._start_asgi_task(cycle, app)
 
     def send_400_response(self, msg: str) -> None:
@@ -330,6 +331,11 @@ class EdgeProtocol(HttpToolsProtocol):
     def _cancel_timers(self) -> None:
         self._cancel_head_timer()
         self._cancel_body_timer()
+
+
+def _without_server_date(cycle: RequestResponseCycle) -> None:
+    """The app sends a Date of its own (the cache's stored one): uvicorn's would make a second."""
+    cycle.default_headers = [(name, value) for name, value in cycle.default_headers if name != b"date"]
 
 
 def _peer(client: tuple[str, int] | None) -> str:

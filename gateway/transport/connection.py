@@ -8,6 +8,7 @@ cancelled at any await leaves the connection either reusable or closed, never ha
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -17,10 +18,27 @@ import httpx
 
 # Pause reading from the upstream once this much body is buffered and unread by the client side.
 READ_HIGH_WATER = 256 * 1024
+# An idle connection is given up this long before the upstream said it would close it (`Keep-Alive:
+# timeout=N`), so that a request is not sent just as the upstream's own timer closes the connection.
+KEEP_ALIVE_MARGIN = 1.0
 
 
 class _TimedOut(Exception):
     pass
+
+
+class _Unacceptable(Exception):
+    """Raised from a parser callback; httptools raises a parser error in its place (this one as its context)."""
+
+
+class _UnknownCoding(_Unacceptable):
+    def __init__(self, coding: bytes) -> None:
+        super().__init__(f"a transfer coding the gateway cannot decode ({coding.decode('latin-1')[:40]})")
+
+
+class _InvalidStatus(_Unacceptable):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"an invalid status code ({status})")
 
 
 async def wait_until(
@@ -57,7 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.active = False
         self.reused = False
-        self.idle_since = 0.0
+        self.idle_until = 0.0  # set by the pool when the connection goes idle
+        self.keep_alive_hint = math.inf  # seconds the upstream keeps an idle connection, from `Keep-Alive`
         self._parser = httptools.HttpResponseParser(self)
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -91,7 +110,14 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("upstream switched protocols unasked"))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"invalid response from upstream: {exc}"))
+            if self.complete:
+                # Bytes after a complete response (a body longer than its Content-Length, say): the response
+                # stands, as nginx has it, but the connection is out of step and is not reused.
+                self.keep_alive = False
+                self.close()
+            else:
+                reason = exc.__context__ if isinstance(exc.__context__, _Unacceptable) else exc
+                self._fail(httpx.RemoteProtocolError(f"invalid response from upstream: {reason}"))
 
     def eof_received(self) -> bool:
         if self.head_done and not self.complete and self._close_delimited():
@@ -128,11 +154,26 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        if len(name) == 10 and name.lower() == b"keep-alive":
+            self._note_keep_alive(value)
+        elif len(name) == 17 and name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # llhttp would read a body in an unknown coding until the connection closes and hand it on as if
+            # it were plain; like nginx, the gateway refuses it (RFC 9112 6.1 lists no coding it could undo).
+            raise _UnknownCoding(value)
+
+    def _note_keep_alive(self, value: bytes) -> None:
+        for parameter in value.split(b","):
+            name, _, seconds = parameter.partition(b"=")
+            if name.strip().lower() == b"timeout" and seconds.strip().isdigit():
+                self.keep_alive_hint = max(int(seconds) - KEEP_ALIVE_MARGIN, 0.0)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
             return  # interim (1xx) response: its headers are dropped in on_message_complete
+        if status > 599:
+            # RFC 9110 15: outside 100-599 a status is invalid, to be treated as a server error.
+            raise _InvalidStatus(status)
         self.status = status
         self.head_done = True
         self.keep_alive = self._parser.should_keep_alive()

@@ -51,7 +51,7 @@ class OriginPool:
         while True:
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.closed and conn.loop.time() - conn.idle_since < self._idle_expiry:
+                if not conn.closed and conn.loop.time() < conn.idle_until:
                     self._state[conn] = _State.ACTIVE
                     conn.reused = True
                     return conn
@@ -110,7 +110,7 @@ class OriginPool:
             self.discard(conn)
             return
         self._state[conn] = _State.IDLE
-        conn.idle_since = conn.loop.time()
+        conn.idle_until = conn.loop.time() + min(self._idle_expiry, conn.keep_alive_hint)
         self._idle.append(conn)
         self._wake_waiter()
 

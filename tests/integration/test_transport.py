@@ -90,6 +90,58 @@ async def test_a_dead_reused_connection_is_retried_only_when_safe(method: str, r
     assert len(upstream.requests) == (2 if retried else 1)
 
 
+@pytest.mark.parametrize(
+    ("head", "complaint"),
+    [
+        (b"HTTP/1.1 999 Made Up\r\nContent-Length: 2\r\n\r\nok", "invalid status code (999)"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xyz\r\n\r\nok", "cannot decode (xyz)"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "(gzip, chunked)"),
+    ],
+)
+async def test_responses_the_relay_cannot_pass_on_are_protocol_errors(head: bytes, complaint: str) -> None:
+    """A status outside 100-599 (uvicorn cannot even write one) and a body in a coding the gateway cannot undo
+    (llhttp would read it to the connection's end and hand it on as plain bytes) become a 502, not a relay."""
+
+    def answer(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(head)
+
+    with scripted_upstream(answer) as upstream:
+        async with client() as http:
+            with pytest.raises(httpx.RemoteProtocolError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
+                await asyncio.wait_for(http.get(upstream.url), 10)
+
+
+async def test_bytes_past_a_complete_response_leave_it_whole_but_end_the_connection() -> None:
+    """A body longer than its Content-Length (nginx: "upstream sent more data than specified"): the client
+    gets the declared length, and the next request does not read the surplus as its answer."""
+
+    def overlong(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more")
+
+    with scripted_upstream(overlong) as upstream:
+        async with client() as http:
+            first = await asyncio.wait_for(http.get(upstream.url), 10)
+            second = await asyncio.wait_for(http.get(upstream.url), 10)
+    assert (first.status_code, first.text) == (200, "hello")
+    assert (second.status_code, second.text) == (200, "hello")
+    assert upstream.connections == 2
+
+
+@pytest.mark.parametrize(("keep_alive", "connections"), [(b"timeout=5", 1), (b"timeout=1, max=100", 2)])
+async def test_an_upstream_keep_alive_timeout_is_respected(keep_alive: bytes, connections: int) -> None:
+    """`Keep-Alive: timeout=N`: an idle connection is not reused within a second of the upstream closing it
+    (a request sent as the upstream's timer fires would fail), so timeout=1 means no reuse at all."""
+
+    def answer(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nKeep-Alive: " + keep_alive + b"\r\nContent-Length: 2\r\n\r\nok")
+
+    with scripted_upstream(answer) as upstream:
+        async with client() as http:
+            for _ in range(2):
+                assert (await asyncio.wait_for(http.get(upstream.url), 10)).text == "ok"
+    assert upstream.connections == connections
+
+
 async def test_the_pool_cap_queues_then_times_out() -> None:
     release = threading.Event()
 

@@ -72,7 +72,8 @@ async def test_a_fresh_response_is_served_from_the_cache_with_its_age(clock: Clo
     assert upstream.call_count == 2
 
 
-async def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(clock: Clock) -> None:
+@pytest.mark.parametrize("set_cookie", ["store", "strip"])
+async def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(clock: Clock, set_cookie: str) -> None:
     router = respx.MockRouter()
     seen: list[str | None] = []
 
@@ -84,7 +85,7 @@ async def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(clock: Clo
         return answer(clock, etag='"v1"', **{"cache-control": "max-age=10", "x-v": "1"})
 
     router.get(f"{API}/doc").mock(side_effect=origin)
-    async with gateway(router) as client:
+    async with gateway(router, set_cookie=set_cookie) as client:
         await client.get("/doc")
         clock.now += 30
         revalidated = await client.get("/doc")
@@ -93,7 +94,9 @@ async def test_a_stale_response_is_revalidated_and_a_304_refreshes_it(clock: Clo
     assert seen == [None, '"v1"']
     assert revalidated.status_code == 200 and revalidated.text == "v1"
     assert revalidated.headers["x-v"] == "2" and revalidated.headers["set-cookie"] == "seen=1"
-    assert "set-cookie" not in hit.headers, "a cookie set for one client never reaches the next from the cache"
+    # RFC 9111 3.2: a 304 updates the stored fields, cookies included, unless the route strips them (then the
+    # client whose request was revalidated still gets its cookie, and nobody else does).
+    assert hit.headers.get("set-cookie") == ("seen=1" if set_cookie == "store" else None)
     assert revalidated.headers["cache-status"] == "gateway; fwd=stale; fwd-status=304"
     assert hit.headers["cache-status"] == "gateway; hit" and hit.headers["age"] == "30"
 
@@ -280,19 +283,116 @@ async def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_backg
     assert waited.text == "v3"
 
 
-async def test_range_requests_bypass_the_cache_and_set_cookie_is_never_shared(clock: Clock) -> None:
+@pytest.mark.parametrize(
+    ("set_cookie", "second_status", "second_cookie"),
+    [
+        ("store", "gateway; hit", "sid=shared"),
+        ("strip", "gateway; hit", None),
+        ("bypass", "gateway; fwd=uri-miss", "sid=shared"),
+    ],
+)
+async def test_responses_that_set_cookies(
+    clock: Clock, set_cookie: str, second_status: str, second_cookie: str | None
+) -> None:
+    """RFC 9111 3.1 stores every field, Set-Cookie too: an upstream that marks such a response shareable shares
+    its cookie. "strip" stores it without the cookie; "bypass" (nginx's default) never stores it."""
     router = respx.MockRouter()
     upstream = router.get(f"{API}/file").mock(
-        side_effect=lambda request: answer(clock, **{"cache-control": "public, max-age=60", "set-cookie": "sid=alice"})
+        side_effect=lambda request: answer(clock, **{"cache-control": "public, max-age=60", "set-cookie": "sid=shared"})
     )
-    async with gateway(router) as client:
+    async with gateway(router, set_cookie=set_cookie) as client:
         first = await client.get("/file")
         second = await client.get("/file")
-        ranged = await client.get("/file", headers={"range": "bytes=0-1"})
-    assert first.headers["set-cookie"] == "sid=alice"
-    assert second.headers["cache-status"] == "gateway; hit" and "set-cookie" not in second.headers
-    assert "cache-status" not in ranged.headers
+    assert first.headers["set-cookie"] == "sid=shared"
+    assert second.headers["cache-status"] == second_status
+    assert second.headers.get("set-cookie") == second_cookie
+    assert upstream.call_count == (2 if set_cookie == "bypass" else 1)
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "status", "body", "content_range"),
+    [
+        ({"range": "bytes=0-1"}, 206, "01", "bytes 0-1/10"),
+        ({"range": "bytes=7-"}, 206, "789", "bytes 7-9/10"),
+        ({"range": "bytes=-3"}, 206, "789", "bytes 7-9/10"),
+        ({"range": "bytes=8-100"}, 206, "89", "bytes 8-9/10"),
+        ({"range": "bytes=10-"}, 416, "", "bytes */10"),
+        ({"range": "bytes=0-1,4-5"}, 200, "0123456789", None),  # several ranges: the whole response
+        ({"range": "bytes=5-2"}, 200, "0123456789", None),  # invalid: ignored
+        ({"range": "items=0-1"}, 200, "0123456789", None),  # another unit: ignored
+        ({"range": "bytes=0-1", "if-range": '"v1"'}, 206, "01", "bytes 0-1/10"),
+        ({"range": "bytes=0-1", "if-range": '"v0"'}, 200, "0123456789", None),  # changed since: the whole thing
+        ({"range": "bytes=0-1", "if-range": 'W/"v1"'}, 200, "0123456789", None),  # weak tags never match
+    ],
+)
+async def test_byte_ranges_are_answered_from_a_stored_response(
+    clock: Clock, request_headers: dict[str, str], status: int, body: str, content_range: str | None
+) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/file").mock(
+        side_effect=lambda request: answer(clock, body="0123456789", etag='"v1"', **{"cache-control": "max-age=60"})
+    )
+    async with gateway(router) as client:
+        await client.get("/file")
+        ranged = await client.get("/file", headers=request_headers)
+    assert (ranged.status_code, ranged.text) == (status, body)
+    assert ranged.headers.get("content-range") == content_range
+    assert ranged.headers["content-length"] == str(len(body))
+    assert ranged.headers["cache-status"] == "gateway; hit"
+    assert upstream.call_count == 1
+
+
+async def test_a_range_request_on_a_miss_goes_to_the_upstream_and_is_not_stored(clock: Clock) -> None:
+    router = respx.MockRouter()
+    upstream = router.get(f"{API}/file").mock(
+        side_effect=lambda request: httpx.Response(
+            206,
+            text="01",
+            headers={"date": clock.date(), "cache-control": "max-age=60", "content-range": "bytes 0-1/10"},
+        )
+    )
+    async with gateway(router) as client:
+        first = await client.get("/file", headers={"range": "bytes=0-1"})
+        second = await client.get("/file", headers={"range": "bytes=0-1"})
+    assert first.status_code == second.status_code == 206
     assert upstream.call_count == 2
+    assert upstream.calls[0].request.headers["range"] == "bytes=0-1"
+
+
+async def test_a_stale_response_answers_while_the_upstream_cannot_be_reached(clock: Clock) -> None:
+    """RFC 9111 4.2.4: a disconnected cache may serve stale. Within `stale_if_unreachable` of going stale, a
+    connection failure is answered from the cache; an upstream's own 5xx is not (that takes stale-if-error);
+    a response that forbids going stale never is."""
+    router = respx.MockRouter()
+    state = {"failure": "none"}
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        if state["failure"] == "connect":
+            raise httpx.ConnectError("refused", request=request)
+        if state["failure"] == "status":
+            return httpx.Response(503, text="down")
+        control = "max-age=10, must-revalidate" if request.url.path == "/strict" else "max-age=10"
+        return answer(clock, **{"cache-control": control})
+
+    router.get(url__startswith=API).mock(side_effect=origin)
+    async with gateway(router, stale_if_unreachable=30) as client:
+        await client.get("/page")
+        await client.get("/strict")
+        clock.now += 20  # stale by 10 s
+        state["failure"] = "connect"
+        rescued = await client.get("/page")
+        strict = await client.get("/strict")
+        state["failure"] = "status"
+        upstream_error = await client.get("/page")
+        clock.now += 30  # stale by 40 s: past the window
+        state["failure"] = "connect"
+        too_old = await client.get("/page")
+    assert (rescued.status_code, rescued.text) == (200, "v1")
+    assert rescued.headers["cache-status"] == "gateway; hit; fwd=stale; detail=upstream-unreachable"
+    assert rescued.headers["age"] == "20"
+    assert strict.status_code == 502
+    assert upstream_error.status_code == 503
+    assert too_old.status_code == 502
 
 
 async def test_freshness_uses_the_upstreams_date_and_expires(clock: Clock) -> None:

@@ -131,9 +131,17 @@ def test_age_counts_upstream_age_transit_and_time_in_the_cache() -> None:
     assert entry.current_age(NOW + 5) == pytest.approx(37)
 
 
-def test_an_invalid_age_header_is_ignored() -> None:
-    entry = Stored(200, h(("date", date()), ("age", "soon")), b"", NOW, NOW, 100, [])
+@pytest.mark.parametrize("value", ["soon", "-7200", "7200.0", "7200;foo=bar", ""])
+def test_an_invalid_age_header_is_ignored(value: str) -> None:
+    entry = Stored(200, h(("date", date()), ("age", value)), b"", NOW, NOW, 100, [])
     assert entry.current_age(NOW + 1) == pytest.approx(1)
+
+
+@pytest.mark.parametrize(("lines", "age"), [(["7200,0"], 7200), (["0, 7200"], 0), (["7200", "0"], 7200)])
+def test_a_list_based_age_counts_its_first_member(lines: list[str], age: int) -> None:
+    """RFC 9111 5.1: Age is a singleton; a cache seeing a list SHOULD use the first member."""
+    entry = Stored(200, h(("date", date()), *[("age", line) for line in lines]), b"", NOW, NOW, 100, [])
+    assert entry.current_age(NOW) == pytest.approx(age)
 
 
 # Serving (4.2, 5.2.1)
