@@ -27,8 +27,9 @@ class CacheSettings(BaseModel):
     heuristic_max_seconds: float = Field(86400, ge=0, description="Cap of the heuristic lifetime. Default 86400.")
     store_without_freshness: bool = Field(
         False,
-        description="Also store responses with neither freshness nor Last-Modified (stale at once: revalidated "
-        "with their ETag, or kept `default_ttl`). Default false, as the RFC expects.",
+        description="Also store responses with neither freshness nor a validator (ETag, Last-Modified), and "
+        "those of statuses not heuristically cacheable with only an ETag: stale at once, revalidated when they "
+        "have a validator, else kept `default_ttl`. Default false, as the RFC expects.",
     )
     collapse_seconds: float = Field(
         5.0, ge=0, description="How long concurrent misses for one URL wait for the first (collapsing). Default 5."

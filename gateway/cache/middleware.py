@@ -25,6 +25,7 @@ from gateway.cache.policy import (
     first,
     freshened,
     freshness_lifetime,
+    http_date,
     judge,
     not_modified_for,
     parse_cache_control,
@@ -191,12 +192,11 @@ class CacheMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 response_time = self._clock()
-                # The relay gives the client the gateway's Date; the cache keeps the upstream's (or, without one,
-                # the time it arrived: RFC 9110 6.6.1).
-                date = (
-                    upstream_scope.get(keys.UPSTREAM_DATE)
-                    or email.utils.formatdate(response_time, usegmt=True).encode()
-                )
+                # The relay gives the client the gateway's Date; the cache keeps the upstream's (or, without a
+                # valid one, the time it arrived: RFC 9110 6.6.1).
+                date = upstream_scope.get(keys.UPSTREAM_DATE)
+                if http_date(date) is None:
+                    date = email.utils.formatdate(response_time, usegmt=True).encode()
                 dated = [(name, value) for name, value in headers if name.lower() != b"date"] + [(b"date", date)]
                 state.update(status=status, headers=dated, response_time=response_time)
                 if validating and status == 304:

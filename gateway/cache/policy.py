@@ -136,9 +136,9 @@ def storable(
     )
     if explicit:
         return True
-    if status in HEURISTIC_STATUSES and first(response_headers, b"last-modified") is not None:
-        return True
-    has_validator = first(response_headers, b"etag") is not None
+    has_validator = any(first(response_headers, name) is not None for name in (b"etag", b"last-modified"))
+    if status in HEURISTIC_STATUSES and has_validator:
+        return True  # fresh by heuristic (Last-Modified), or stale at once and revalidated with its ETag on use
     return store_without_freshness and (has_validator or status in HEURISTIC_STATUSES)
 
 
@@ -175,7 +175,9 @@ def freshness_lifetime(
         date = http_date(first(headers, b"date"))
         return max(0.0, expires - date) if date is not None else 0.0
     last_modified = http_date(first(headers, b"last-modified"))
-    if heuristic and status in HEURISTIC_STATUSES and last_modified is not None and not directives.has("no-cache"):
+    # RFC 9111 5.2.2.9: `public` makes any status heuristically cacheable.
+    heuristically_cacheable = status in HEURISTIC_STATUSES or directives.has("public")
+    if heuristic and heuristically_cacheable and last_modified is not None and not directives.has("no-cache"):
         date = http_date(first(headers, b"date"))
         if date is not None and date > last_modified:
             return min((date - last_modified) * fraction, cap)
@@ -226,11 +228,19 @@ def _age_header(headers: Sequence[Header]) -> float:
     return float(min(int(text), 2**31)) if text.isdigit() else 0.0
 
 
+# Request fields whose values are case-insensitive tokens (RFC 9110 8.4.1, 8.5.1), compared lowercased.
+_CASELESS_FIELDS = frozenset({b"accept-encoding", b"accept-language", b"accept-charset"})
+
+
 def _vary_value(headers: Sequence[Header], name: bytes) -> bytes | None:
+    """A selecting field's value, normalised as RFC 9110 5.3 allows: field lines combined, list members
+    trimmed, runs of whitespace made one. Case is kept (values may be case-sensitive) but for token fields."""
     values = header_values(headers, name)
     if not values:
         return None
-    return b",".join(b" ".join(value.split()) for value in values)  # values may be case-sensitive
+    members = (b" ".join(member.split()) for value in values for member in value.split(b","))
+    combined = b",".join(members)
+    return combined.lower() if name in _CASELESS_FIELDS else combined
 
 
 def vary_snapshot(

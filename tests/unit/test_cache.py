@@ -410,6 +410,22 @@ async def test_freshness_uses_the_upstreams_date_and_expires(clock: Clock) -> No
     assert upstream.call_count == 2
 
 
+async def test_an_invalid_upstream_date_is_replaced_by_the_time_of_arrival(clock: Clock) -> None:
+    """RFC 9110 6.6.1: a cache records when a response without a (valid) Date arrived; Expires then counts
+    from there, where an unusable Date would have made the response stale at once."""
+    router = respx.MockRouter()
+    expires = email.utils.formatdate(START + 60, usegmt=True)
+    upstream = router.get(f"{API}/e").mock(
+        side_effect=lambda request: httpx.Response(200, text="v1", headers={"date": "yesterday", "expires": expires})
+    )
+    async with gateway(router) as client:
+        await client.get("/e")
+        clock.now += 30
+        hit = await client.get("/e")
+    assert hit.headers["cache-status"] == "gateway; hit" and hit.headers["age"] == "30"
+    assert upstream.call_count == 1
+
+
 async def test_a_304_for_another_representation_is_not_used_to_update_the_stored_one(clock: Clock) -> None:
     router = respx.MockRouter()
     calls: list[str | None] = []

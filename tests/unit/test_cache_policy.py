@@ -86,10 +86,15 @@ def test_storable(
     assert storable(method, status, h(*request_headers), h(*response_headers)) is expected
 
 
-def test_store_without_freshness_needs_the_route_to_say_so() -> None:
-    response = h(("etag", '"v1"'))
-    assert not storable("GET", 200, [], response)
-    assert storable("GET", 200, [], response, store_without_freshness=True)
+def test_a_validator_makes_a_response_storable_without_freshness() -> None:
+    """The issue's rule: never store a response with neither freshness nor a validator unless the route says
+    so. An ETag is a validator: such a response is stored stale and revalidated on use (RFC 9111 4.3)."""
+    assert storable("GET", 200, [], h(("etag", '"v1"')))
+    assert storable("GET", 200, [], h(("etag", '"v1"'), ("cache-control", "no-cache")))
+    assert not storable("GET", 200, [], h(("content-type", "text/plain")))
+    assert storable("GET", 200, [], h(("content-type", "text/plain")), store_without_freshness=True)
+    assert not storable("GET", 302, [], h(("etag", '"v1"')))  # not heuristically cacheable
+    assert storable("GET", 302, [], h(("etag", '"v1"')), store_without_freshness=True)
 
 
 # Freshness lifetime (4.2.1, 4.2.2)
@@ -121,6 +126,9 @@ def test_heuristic_only_for_heuristically_cacheable_statuses_and_when_allowed() 
     headers = h(("date", date()), ("last-modified", date(-10_000)))
     assert freshness_lifetime(302, headers) == 0
     assert freshness_lifetime(200, headers, heuristic=False) == 0
+    # RFC 9111 5.2.2.9: a public response with no explicit freshness is heuristically cacheable, any status.
+    public = h(("date", date()), ("last-modified", date(-10_000)), ("cache-control", "public"))
+    assert freshness_lifetime(599, public) == pytest.approx(1_000)
 
 
 # Age (4.2.3)
@@ -197,6 +205,25 @@ def test_vary_matches_normalised_values_and_missing_fields() -> None:
     assert not entry.matches([])
     absent = stored(("cache-control", "max-age=60"), ("vary", "x-tenant"))
     assert absent.matches([]) and not absent.matches(h(("x-tenant", "a")))
+
+
+@pytest.mark.parametrize(
+    ("first_request", "later_request", "matches"),
+    [
+        ([("foo", "1, 2")], [("foo", "1"), ("foo", "2")], True),  # field lines combined (RFC 9110 5.3)
+        ([("foo", "1,2")], [("foo", " 1, 2 ")], True),  # list members trimmed
+        ([("foo", "a b")], [("foo", "ab")], False),  # whitespace inside a member is not ignored
+        ([("foo", "Text")], [("foo", "text")], False),  # values may be case-sensitive
+        ([("accept-language", "en, de")], [("accept-language", "eN ,   De")], True),  # language tags are not
+        ([("accept-language", "en, de")], [("accept-language", "de, en")], False),  # order is preference
+    ],
+)
+def test_selecting_fields_are_normalised_only_where_the_value_cannot_change(
+    first_request: list[tuple[str, str]], later_request: list[tuple[str, str]], matches: bool
+) -> None:
+    name = first_request[0][0]
+    entry = stored(("cache-control", "max-age=60"), ("vary", name), request=h(*first_request))
+    assert entry.matches(h(*later_request)) is matches
 
 
 # Stored headers (3.1)
