@@ -21,6 +21,7 @@ import asyncio
 import functools
 import logging
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -135,7 +136,9 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._writer.start_response()
-        cast(dict[str, Any], cycle.scope)[keys.OWN_DATE] = functools.partial(_without_server_date, cycle)
+        # A weak reference: the scope belongs to the cycle, and a strong one would make a reference cycle per
+        # request, left to the garbage collector (whose passes cost the relay ~20 µs per request under load).
+        cast(dict[str, Any], cycle.scope)[keys.OWN_DATE] = functools.partial(_without_server_date, weakref.ref(cycle))
         super()._start_asgi_task(cycle, app)
 
     def send_400_response(self, msg: str) -> None:
@@ -333,9 +336,11 @@ class EdgeProtocol(HttpToolsProtocol):
         self._cancel_body_timer()
 
 
-def _without_server_date(cycle: RequestResponseCycle) -> None:
+def _without_server_date(cycle_ref: weakref.ref[RequestResponseCycle]) -> None:
     """The app sends a Date of its own (the cache's stored one): uvicorn's would make a second."""
-    cycle.default_headers = [(name, value) for name, value in cycle.default_headers if name != b"date"]
+    cycle = cycle_ref()
+    if cycle is not None:
+        cycle.default_headers = [(name, value) for name, value in cycle.default_headers if name != b"date"]
 
 
 def _peer(client: tuple[str, int] | None) -> str:

@@ -1,13 +1,16 @@
-"""The edge protocol sends a small response in one write, and a held head never waits past its loop turn."""
+"""The edge protocol's response path: a small response in one write, a held head never waiting past its loop
+turn, an app's own Date instead of the server's, and no garbage left for the collector."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
 from uvicorn.server import ServerState
 
+from gateway import scope as keys
 from gateway.server import EdgeProtocol, GatewayConfig
 from settings import LimitsSettings
 
@@ -41,10 +44,10 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-def connect(app: Any) -> tuple[EdgeProtocol, RecordingTransport]:
+def connect(app: Any, state: ServerState | None = None) -> tuple[EdgeProtocol, RecordingTransport]:
     config = GatewayConfig(app, limits=LimitsSettings(), log_level="warning", proxy_headers=False)
     config.load()
-    protocol = EdgeProtocol(config, ServerState(), {})
+    protocol = EdgeProtocol(config, state or ServerState(), {})
     transport = RecordingTransport()
     protocol.connection_made(transport)
     return protocol, transport
@@ -96,3 +99,52 @@ async def test_a_head_response_and_a_closing_one_are_not_held_back() -> None:
     protocol.data_received(b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
     await turns()
     assert transport.closed and transport.writes[1].endswith(b"\r\n\r\nok")
+
+
+async def test_an_app_may_send_its_own_date_instead_of_the_servers() -> None:
+    """The route cache answers with the stored Date (RFC 9111: Age counts from it); uvicorn would add its own."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"2")]
+        if scope["path"] == "/stored":
+            scope[keys.OWN_DATE]()
+            headers.append((b"date", b"Tue, 24 Nov 2026 08:00:00 GMT"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    state = ServerState()
+    state.default_headers = [(b"date", b"Thu, 26 Nov 2026 21:00:00 GMT")]
+    protocol, transport = connect(app, state)
+    protocol.data_received(b"GET /stored HTTP/1.1\r\nHost: gw\r\n\r\n" + GET)
+    await turns()
+    dates = [[line for line in write.split(b"\r\n") if line.lower().startswith(b"date:")] for write in transport.writes]
+    assert dates == [[b"date: Tue, 24 Nov 2026 08:00:00 GMT"], [b"date: Thu, 26 Nov 2026 21:00:00 GMT"]]
+
+
+async def test_requests_leave_no_cyclic_garbage() -> None:
+    """Objects in a reference cycle wait for the garbage collector, whose passes cost ~20 µs per request under
+    load: what the protocol makes per request (cycle, scope, hooks) must be freed by reference counting."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol, transport = connect(app)
+    for _ in range(3):
+        protocol.data_received(GET)
+        await turns()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            protocol.data_received(GET)
+            await turns()
+        gc.collect()
+        left = [type(thing).__name__ for thing in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert len(transport.writes) == 23
+    assert left == []
