@@ -45,9 +45,8 @@ logger = logging.getLogger("gateway.cache")
 CACHE_STATUS = b"cache-status"
 _CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"})
 _RANGE_FIELDS = frozenset({b"range", b"if-range"})
-# Stored fields an answer from the cache works out afresh.
-_RECOMPUTED = frozenset({b"age", b"content-length"})
-_RECOMPUTED_AND_DATE = _RECOMPUTED | {b"date"}
+# Request fields that can make an answer from the cache other than the stored 200: a 304, 206 or 416.
+_ANSWER_SHAPING = frozenset({b"if-none-match", b"if-modified-since", b"range"})
 # The proxy's reasons (gateway.errors) for answering 502/503/504 itself: the upstream was not reachable.
 _UNREACHABLE = frozenset({"upstream_unreachable", "upstream_broken", "upstream_timeout", "no_upstream"})
 
@@ -317,22 +316,22 @@ class CacheMiddleware:
         """A response from the cache: the stored headers with a computed Age, 304 for a matching condition,
         206 or 416 for a byte range of a stored 200."""
         client_headers: list[Header] = scope["headers"]
-        conditional = any(name in (b"if-none-match", b"if-modified-since") for name, _ in client_headers)
         status = stored.status
         body = stored.body
+        headers = [*stored.answer_headers, *(extra or ()), (b"age", age_header(stored, now))]
         # The stored Date goes out (Age counts from it) where the server can be told to leave out its own.
         own_date = scope.get(keys.OWN_DATE)
-        if own_date is not None:
+        if own_date is not None and stored.date is not None:
             own_date()
-        replaced = _RECOMPUTED if own_date is not None else _RECOMPUTED_AND_DATE
-        headers = [(name, value) for name, value in stored.headers if name.lower() not in replaced]
-        if conditional and status == 200 and not_modified_for(stored, client_headers):
-            status, body = 304, b""
-        elif status == 200 and scope["method"] == "GET":
-            status, body, headers = _ranged(client_headers, stored, headers)
-        headers += [*(extra or ()), (b"age", age_header(stored, now)), (CACHE_STATUS, b"gateway; " + detail)]
+            headers.append((b"date", stored.date))
+        headers.append((CACHE_STATUS, b"gateway; " + detail))
+        if status == 200 and any(name in _ANSWER_SHAPING for name, _ in client_headers):
+            if not_modified_for(stored, client_headers):
+                status, body = 304, b""
+            elif scope["method"] == "GET":
+                status, body, headers = _ranged(client_headers, stored, headers)
         if status != 304:
-            headers.append((b"content-length", str(len(body)).encode()))
+            headers.append((b"content-length", stored.length if body is stored.body else b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
@@ -383,11 +382,14 @@ def wall_clock() -> float:
 
 def cache_key(scope: Scope) -> str:
     """Host and target: what identifies a resource for this cache (the method is GET for HEAD too)."""
-    host = next((value for name, value in scope["headers"] if name == b"host"), b"").lower()
+    host = b""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.lower()
+            break
     target = scope.get("raw_path") or scope["path"].encode()
-    if scope["query_string"]:
-        target += b"?" + scope["query_string"]
-    return f"{host.decode('latin-1')} {target.decode('latin-1')}"
+    query = scope["query_string"]
+    return b"".join((host, b" ", target, b"?", query) if query else (host, b" ", target)).decode("latin-1")
 
 
 def _same_origin_target(location: bytes | None, host: str) -> str | None:

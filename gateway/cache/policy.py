@@ -8,6 +8,7 @@ max-age or Expires makes a response stale, never fresh; unknown directives are i
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ def freshness_lifetime(
     return 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Stored:
     """A stored response with what its age is computed from (RFC 9111 4.2.3). What a hit needs (initial
     age, directives, size) is worked out once, when it is stored, not on every hit."""
@@ -198,15 +199,24 @@ class Stored:
     vary: list[tuple[bytes, bytes | None]]  # (request header, its value then) for each field Vary names
     initial_age: float = field(init=False)
     response_directives: Directives = field(init=False)
+    always_revalidate: bool = field(init=False)  # `no-cache` without field names
     size: int = field(init=False)
+    # What an answer from the cache sends as stored: the fields but those it works out afresh, Date, length.
+    answer_headers: list[Header] = field(init=False)
+    date: bytes | None = field(init=False)
+    length: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        date = http_date(first(self.headers, b"date"))
+        self.date = first(self.headers, b"date")
+        date = http_date(self.date)
         apparent_age = max(0.0, self.response_time - date) if date is not None else 0.0
         response_delay = self.response_time - self.request_time
         self.initial_age = max(apparent_age, _age_header(self.headers) + response_delay)
         self.response_directives = parse_cache_control(self.headers)
+        self.always_revalidate = self.response_directives.values.get("no-cache") == ""
         self.size = len(self.body) + sum(len(name) + len(value) for name, value in self.headers) + 200
+        self.answer_headers = [(name, value) for name, value in self.headers if name.lower() not in _ANSWERED_AFRESH]
+        self.length = b"%d" % len(self.body)
 
     def current_age(self, now: float) -> float:
         return self.initial_age + (now - self.response_time)
@@ -217,6 +227,9 @@ class Stored:
     def matches(self, request_headers: Sequence[Header]) -> bool:
         """RFC 9111 4.1: every field named by Vary has the same (normalised) value as when stored."""
         return all(_vary_value(request_headers, name) == value for name, value in self.vary)
+
+
+_ANSWERED_AFRESH = frozenset({b"age", b"date", b"content-length"})
 
 
 def _age_header(headers: Sequence[Header]) -> float:
@@ -238,9 +251,14 @@ def _vary_value(headers: Sequence[Header], name: bytes) -> bytes | None:
     values = header_values(headers, name)
     if not values:
         return None
-    members = (b" ".join(member.split()) for value in values for member in value.split(b","))
-    combined = b",".join(members)
-    return combined.lower() if name in _CASELESS_FIELDS else combined
+    return _normalised(values[0] if len(values) == 1 else b",".join(values), name in _CASELESS_FIELDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalised(value: bytes, caseless: bool) -> bytes:
+    """Clients send the same few values again and again: each is worked out once."""
+    combined = b",".join(b" ".join(member.split()) for member in value.split(b","))
+    return combined.lower() if caseless else combined
 
 
 def vary_snapshot(
@@ -264,31 +282,39 @@ class Verdict:
     must_revalidate: bool  # stale (or no-cache) and must not be served without validation
 
 
+FRESH = Verdict(True, False, False)
+STALE_ALLOWED = Verdict(False, True, False)
+MUST_REVALIDATE = Verdict(False, False, True)
+_REQUEST_CONTROLS = frozenset({b"cache-control", b"pragma"})
+
+
 def judge(stored: Stored, request_headers: Sequence[Header], now: float) -> Verdict:
     """RFC 9111 4.2 and 5.2: is `stored` fresh enough for this request?"""
-    request = parse_cache_control(request_headers)
-    response = stored.directives()
+    if stored.always_revalidate:
+        return MUST_REVALIDATE
     age = stored.current_age(now)
     lifetime = stored.lifetime
+    if not any(name.lower() in _REQUEST_CONTROLS for name, _ in request_headers):
+        return FRESH if lifetime > age else MUST_REVALIDATE  # most requests say nothing about caching
+    request = parse_cache_control(request_headers)
+    response = stored.directives()
     pragma = first(request_headers, b"pragma") or b""
     if request.has("no-cache") or (not request.values and b"no-cache" in pragma.lower()):  # 5.4: Pragma, legacy
-        return Verdict(False, False, True)
-    if response.has("no-cache") and not response.values["no-cache"]:
-        return Verdict(False, False, True)
+        return MUST_REVALIDATE
     max_age = request.seconds("max-age")
     if max_age is not None and (max_age < 0 or age > max_age):
-        return Verdict(False, False, True)
+        return MUST_REVALIDATE
     min_fresh = request.seconds("min-fresh")
     needed = age + (min_fresh if min_fresh and min_fresh > 0 else 0)
     if lifetime > needed:
-        return Verdict(True, False, False)
+        return FRESH
     no_stale = response.has("must-revalidate") or response.has("proxy-revalidate") or response.has("s-maxage")
     if not no_stale and request.has("max-stale"):
         limit = request.seconds("max-stale")
         staleness = age - lifetime
         if request.values["max-stale"] == "" or (limit is not None and limit >= 0 and staleness <= limit):
-            return Verdict(False, True, False)
-    return Verdict(False, False, True)
+            return STALE_ALLOWED
+    return MUST_REVALIDATE
 
 
 def stale_if_error(
@@ -331,7 +357,7 @@ def _may_go_stale(response: Directives) -> bool:
 
 
 def age_header(stored: Stored, now: float) -> bytes:
-    return str(min(math.floor(stored.current_age(now)), 2**31)).encode()
+    return b"%d" % min(math.floor(stored.current_age(now)), 2**31)
 
 
 def freshened(
