@@ -2,11 +2,13 @@
 request, the app runs its middleware and relays through the shared client and RelayTransport, and the
 answer is written back, all on uvloop, over in-memory transports.
 
-    python -m bench.pipeline [--requests 20000] [--rounds 5] [--features bare,default]
+    python -m bench.pipeline [--requests 20000] [--rounds 5] [--features bare,default] [--body BYTES]
 
 The access log (in `default`) is written to /dev/null by its usual thread, whose CPU counts too. What it
 leaves out is the kernel (socket reads and writes, epoll), so it is the steady, low-noise figure to
 compare code changes by; `python -m bench.run` is the one under real load. Interleaved rounds, median shown.
+`--body` sets the size of the upstream's response body (18 bytes by default); a larger one reaches the gateway
+in pieces of READ_SIZE, each in its own loop turn, as uvloop reads a socket.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from unittest import mock
 
@@ -36,13 +39,20 @@ REQUEST = (
     b"Accept: application/json\r\nAccept-Language: en-GB,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n"
     b"Cookie: session=abcdef0123456789\r\nConnection: keep-alive\r\n\r\n"
 )
-BODY = b"hello from origin\n"
-# What nginx answers (its headers, verbatim shape).
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 19:00:00 GMT\r\n"
-    b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\nConnection: keep-alive\r\n"
-    b"Cache-Control: max-age=3600\r\n\r\n%s" % (len(BODY), BODY)
-)
+BODY_END = b"hello from origin\n"  # how every body ends, so that a client sees where an answer ends
+READ_SIZE = 256_000  # what uvloop reads from a socket at most
+
+
+def upstream_response(body_size: int) -> tuple[bytes, ...]:
+    """What nginx answers (its headers, verbatim shape), in the pieces the gateway would read it in."""
+    body = b"o" * max(body_size - len(BODY_END), 0) + BODY_END
+    response = (
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 19:00:00 GMT\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\nConnection: keep-alive\r\n"
+        b"Cache-Control: max-age=3600\r\n\r\n%s" % (len(body), body)
+    )
+    return tuple(response[start : start + READ_SIZE] for start in range(0, len(response), READ_SIZE))
+
 
 FEATURES: dict[str, dict[str, Any]] = {
     "bare": {"access_log": {"enabled": False}},
@@ -52,24 +62,36 @@ FEATURES: dict[str, dict[str, Any]] = {
 
 
 class EchoingUpstream(MemoryTransport):
-    """An upstream connection that answers each complete request head at once (on the next loop turn)."""
+    """An upstream connection that answers each complete request head at once (from the next loop turn on,
+    a piece per turn)."""
 
-    def __init__(self, protocol: UpstreamConnection) -> None:
+    def __init__(self, protocol: UpstreamConnection, response: tuple[bytes, ...]) -> None:
         super().__init__()
         self._protocol = protocol
+        self._response = response
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         super().write(data)
         if bytes(data).endswith(b"\r\n\r\n"):
-            self._loop.call_soon(self._protocol.data_received, RESPONSE)
+            self._loop.call_soon(self._answer, 0)
+
+    def _answer(self, index: int) -> None:
+        self._protocol.data_received(self._response[index])
+        if index + 1 < len(self._response):
+            self._loop.call_soon(self._answer, index + 1)
 
 
-async def _memory_open(pool: OriginPool, timeout: float | None) -> UpstreamConnection:
-    conn = UpstreamConnection(pool._lost)
-    conn.connection_made(EchoingUpstream(conn))
-    pool._state[conn] = _State.ACTIVE
-    return conn
+def memory_opener(response: tuple[bytes, ...]) -> Callable[[OriginPool, float | None], Awaitable[UpstreamConnection]]:
+    """OriginPool._open, with in-memory upstreams that answer `response`."""
+
+    async def open_in_memory(pool: OriginPool, timeout: float | None) -> UpstreamConnection:
+        conn = UpstreamConnection(pool._lost)
+        conn.connection_made(EchoingUpstream(conn, response))
+        pool._state[conn] = _State.ACTIVE
+        return conn
+
+    return open_in_memory
 
 
 class LoopingClient(MemoryTransport):
@@ -83,9 +105,13 @@ class LoopingClient(MemoryTransport):
         self._done = done
         self._remaining = remaining
 
+    def writelines(self, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+        for part in parts:  # as uvloop does: no joining
+            self.write(part)
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         super().write(data)
-        if not bytes(data).endswith(BODY):
+        if not bytes(data).endswith(BODY_END):
             return
         self._left -= 1
         if self._left:
@@ -161,6 +187,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--features", default="bare,default", help=f"comma-separated, of {', '.join(FEATURES)}")
+    parser.add_argument("--body", type=int, default=18, help="bytes in the upstream's response body")
     args = parser.parse_args()
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         configure_logging("warning", AccessLogSettings())  # the access log's writer thread writes to /dev/null
@@ -169,13 +196,13 @@ def main() -> None:
         name: GatewaySettings.model_validate({"routes": [route], **FEATURES[name]}) for name in args.features.split(",")
     }
     results: dict[str, list[float]] = {name: [] for name in chosen}
-    with mock.patch.object(OriginPool, "_open", _memory_open):
+    with mock.patch.object(OriginPool, "_open", memory_opener(upstream_response(args.body))):
         for _ in range(args.rounds):
             for name, settings in chosen.items():
                 results[name].append(uvloop.run(per_request_us(settings, args.requests, args.connections)))
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  in-process, {args.connections} connections, "
-        f"{args.requests} requests x {args.rounds} rounds, median CPU per request"
+        f"{args.requests} requests x {args.rounds} rounds, {args.body}-byte bodies, median CPU per request"
     )
     for name, values in results.items():
         print(f"{name:<12}{statistics.median(values):>8.1f} µs/request  (min {min(values):.1f})")

@@ -91,6 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = True
         self.error: Exception | None = None
+        self._declared_length: bytes | None = None
+        self._unparsed = 0  # body bytes still due on a Content-Length response, taken past the parser
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -105,6 +107,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection can no longer be trusted
             return
         self.received_any = True
+        if self._unparsed:
+            self._take_body(data)
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -118,6 +123,21 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 reason = exc.__context__ if isinstance(exc.__context__, _Unacceptable) else exc
                 self._fail(httpx.RemoteProtocolError(f"invalid response from upstream: {reason}"))
+
+    def _take_body(self, data: bytes) -> None:
+        """The rest of a Content-Length body, as it arrives: handed on as received rather than through
+        httptools, whose on_body copies every piece (a MiB relayed cost one more copy than nginx makes)."""
+        surplus = len(data) > self._unparsed
+        self.on_body(data[: self._unparsed] if surplus else data)
+        if self._unparsed:
+            return
+        # The parser still expects this body: the next response on the connection gets a new one.
+        self._parser = httptools.HttpResponseParser(self)
+        self.complete = True
+        self._wake()
+        if surplus:  # bytes after the declared length: the connection is out of step (as in data_received)
+            self.keep_alive = False
+            self.close()
 
     def eof_received(self) -> bool:
         if self.head_done and not self.complete and self._close_delimited():
@@ -156,6 +176,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name, value))
         if len(name) == 10 and name.lower() == b"keep-alive":
             self._note_keep_alive(value)
+        elif len(name) == 14 and name.lower() == b"content-length":
+            self._declared_length = value  # llhttp refuses a second one, or one that is not a number
         elif len(name) == 17 and name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # llhttp would read a body in an unknown coding until the connection closes and hand it on as if
             # it were plain; like nginx, the gateway refuses it (RFC 9112 6.1 lists no coding it could undo).
@@ -181,6 +203,8 @@ class UpstreamConnection(asyncio.Protocol):
             # llhttp cannot be told that a HEAD response has no body; end here and never reuse.
             self.complete = True
             self.keep_alive = False
+        elif self._declared_length is not None and status not in (204, 304):
+            self._unparsed = int(self._declared_length)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -188,14 +212,18 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._chunks.append(body)
         self._buffered += len(body)
+        if self._unparsed:  # a Content-Length body (chunked ones are counted by the parser alone)
+            self._unparsed -= len(body)
         if self._buffered > READ_HIGH_WATER and self.transport is not None:
             self.transport.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
         if not self.head_done:
-            self.headers = []
+            self.headers = []  # an interim (1xx) response's
+            self._declared_length = None
             return
+        self._unparsed = 0
         self.complete = True
         self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
         self._wake()

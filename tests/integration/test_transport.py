@@ -127,6 +127,37 @@ async def test_bytes_past_a_complete_response_leave_it_whole_but_end_the_connect
     assert upstream.connections == 2
 
 
+async def test_a_body_arriving_in_pieces_is_whole_and_the_connection_stays_in_step() -> None:
+    """Content-Length bodies are taken past the parser once the head is read (no copy per piece): the pieces
+    must add up, and the next response on the same connection must parse from its first byte."""
+
+    def in_pieces(handler: UpstreamHandler, request: Received) -> None:
+        body = request.target * 40
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:7])
+        for start in range(7, len(body), 100):
+            time.sleep(0.005)  # separate segments, so that each reaches the gateway on its own
+            handler.write(body[start : start + 100])
+
+    with scripted_upstream(in_pieces) as upstream:
+        async with client() as http:
+            bodies = [(await asyncio.wait_for(http.get(f"{upstream.url}/{index}"), 10)).content for index in range(3)]
+    assert bodies == [f"/{index}".encode() * 40 for index in range(3)]
+    assert upstream.connections == 1
+
+
+async def test_bytes_past_a_body_read_in_pieces_end_the_connection() -> None:
+    def overlong(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+        time.sleep(0.05)
+        handler.write(b"world and then some")
+
+    with scripted_upstream(overlong) as upstream:
+        async with client() as http:
+            answers = [(await asyncio.wait_for(http.get(upstream.url), 10)).text for _ in range(2)]
+    assert answers == ["helloworld", "helloworld"]
+    assert upstream.connections == 2
+
+
 @pytest.mark.parametrize(("keep_alive", "connections"), [(b"timeout=5", 1), (b"timeout=1, max=100", 2)])
 async def test_an_upstream_keep_alive_timeout_is_respected(keep_alive: bytes, connections: int) -> None:
     """`Keep-Alive: timeout=N`: an idle connection is not reused within a second of the upstream closing it
