@@ -65,6 +65,7 @@ class CacheMiddleware:
         self._store = store
         self._clock = clock or (lambda: wall_clock())
         self._strip_cookies = settings.set_cookie != "store"
+        self._warned_of_cookies = False
         self._collapsing: dict[str, asyncio.Event] = {}  # keys with a miss in flight upstream
         self._refreshes: set[asyncio.Task[None]] = set()  # background revalidations (kept referenced)
 
@@ -308,6 +309,14 @@ class CacheMiddleware:
             lifetime,
             vary_snapshot(scope["headers"], headers),
         )
+        if not self._warned_of_cookies and _sets_cookies(headers):
+            self._warned_of_cookies = True  # once per route and process: the operator needs to know, not a flood
+            logger.warning(
+                "stored %s with Set-Cookie: the cache hands that cookie to every client it answers from this "
+                "response (RFC 9111 3.1); if it is a session cookie, set this route's cache set_cookie to "
+                '"bypass" or "strip"',
+                key,
+            )
         await self._store.put(key, stored)
 
     async def _answer(

@@ -292,21 +292,25 @@ async def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_backg
     ],
 )
 async def test_responses_that_set_cookies(
-    clock: Clock, set_cookie: str, second_status: str, second_cookie: str | None
+    clock: Clock, set_cookie: str, second_status: str, second_cookie: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """RFC 9111 3.1 stores every field, Set-Cookie too: an upstream that marks such a response shareable shares
-    its cookie. "strip" stores it without the cookie; "bypass" (nginx's default) never stores it."""
+    its cookie (and the log says so, once). "strip" stores it without the cookie; "bypass" (nginx's default)
+    never stores it."""
     router = respx.MockRouter()
-    upstream = router.get(f"{API}/file").mock(
+    upstream = router.get(url__startswith=f"{API}/file").mock(
         side_effect=lambda request: answer(clock, **{"cache-control": "public, max-age=60", "set-cookie": "sid=shared"})
     )
     async with gateway(router, set_cookie=set_cookie) as client:
         first = await client.get("/file")
         second = await client.get("/file")
+        await client.get("/file2")
     assert first.headers["set-cookie"] == "sid=shared"
     assert second.headers["cache-status"] == second_status
     assert second.headers.get("set-cookie") == second_cookie
-    assert upstream.call_count == (2 if set_cookie == "bypass" else 1)
+    assert upstream.call_count == (3 if set_cookie == "bypass" else 2)
+    warnings = [record for record in caplog.records if "Set-Cookie" in record.getMessage()]
+    assert len(warnings) == (1 if set_cookie == "store" else 0)
 
 
 @pytest.mark.parametrize(
