@@ -7,7 +7,7 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import httpx
@@ -44,8 +44,10 @@ class Exchange:
     """Per-request relay state: whether the response started, and whether the client is still there."""
 
     __slots__ = (
+        "_server_watch",
         "_watch_timer",
         "_watcher",
+        "_watching",
         "body_started",
         "client_gone",
         "head_deadline",
@@ -55,7 +57,7 @@ class Exchange:
         "task",
     )
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.receive = receive
         self.send = send
         self.task = asyncio.current_task()
@@ -63,16 +65,28 @@ class Exchange:
         self.body_started = False  # a byte of the client's body was taken: the request cannot be replayed
         self.client_gone = False
         self.head_deadline: asyncio.Timeout | None = None  # lifted once the response head is relayed
+        self._server_watch: Callable[[Callable[[], None] | None], None] | None = scope.get(keys.ON_CLIENT_GONE)
+        self._watching = False
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     def watch_for_disconnect(self) -> None:
-        """Cancel the relay when the client goes away. Only once the request body is consumed, since
-        the watcher then owns `receive`; and only for exchanges still running after WATCH_DELAY, since a
-        watcher task per request would cost more than most exchanges take. Idempotent (retries call it)."""
-        if self._watch_timer is not None:
+        """Cancel the relay when the client goes away, once the request body is consumed. The edge protocol
+        says so the moment the connection is lost; under another server, a watcher task owns `receive`, started
+        only for exchanges still running after WATCH_DELAY (a task per request would cost more than most
+        exchanges take). Idempotent (retries call it)."""
+        if self._watching:
+            return
+        self._watching = True
+        if self._server_watch is not None:
+            self._server_watch(self._client_went_away)
             return
         self._watch_timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self._start_watching)
+
+    def _client_went_away(self) -> None:
+        self.client_gone = True
+        if self.task is not None:
+            self.task.cancel()
 
     def _start_watching(self) -> None:
         self._watcher = asyncio.ensure_future(self._watch())
@@ -80,11 +94,11 @@ class Exchange:
     async def _watch(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":
             pass
-        self.client_gone = True
-        if self.task is not None:
-            self.task.cancel()
+        self._client_went_away()
 
     def stop_watching(self) -> None:
+        if self._watching and self._server_watch is not None:
+            self._server_watch(None)
         if self._watch_timer is not None:
             self._watch_timer.cancel()
         if self._watcher is not None:
@@ -134,7 +148,7 @@ class ProxyEndpoint:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
             return
-        exchange = Exchange(receive, send)
+        exchange = Exchange(scope, receive, send)
         try:
             try:
                 if self._head_deadline is None:

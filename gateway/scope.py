@@ -14,3 +14,6 @@ UPSTREAM_DATE = (
 # Callable[[], None], set by the edge protocol (absent under other servers): the app calls it before sending a
 # response that brings its own Date, so that the server leaves out its own.
 OWN_DATE = "gateway.own_date"
+# Callable[[Callable[[], None] | None], None], set by the edge protocol (absent under other servers): the app
+# hands it a function to call as soon as the client's connection is lost during this exchange, or None to stop.
+ON_CLIENT_GONE = "gateway.on_client_gone"

@@ -144,7 +144,8 @@ class CacheMiddleware:
         done = self._collapsing[key] = asyncio.Event()
         headers = [(name, value) for name, value in scope["headers"] if name not in _RANGE_FIELDS]
         background = {**scope, "method": "GET", "headers": headers}
-        background.pop(keys.TIMINGS, None)  # the client's request has its own
+        for own in (keys.TIMINGS, keys.OWN_DATE, keys.ON_CLIENT_GONE):
+            background.pop(own, None)  # the client's request and connection, not this refresh's
         body_sent = False
 
         async def no_body() -> Message:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -13,6 +14,7 @@ import pytest
 import respx
 
 from gateway import create_app
+from gateway import scope as keys
 from tests.conftest import settings_with
 
 pytestmark = pytest.mark.anyio
@@ -261,3 +263,80 @@ async def test_a_refused_target_never_reaches_the_upstream(upstream: respx.MockR
         response = await client.get(httpx.URL("/static/..%2f..%2fetc/passwd"))
     assert response.status_code == 400
     assert route.call_count == 0
+
+
+def _slow_upstream_app() -> tuple[Any, asyncio.Event, asyncio.Event]:
+    """An app whose upstream answers only after 30 s, with events for "asked" and "cancelled"."""
+    asked, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return httpx.Response(200)
+
+    app = create_app(settings_with({"prefix": "/api", "upstreams": [API]}), transport=httpx.MockTransport(slow))
+    return app, asked, cancelled
+
+
+def _scope(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"gw.test")],
+        "client": ("192.0.2.10", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def _ignore(message: Any) -> None:
+    pass
+
+
+async def test_the_edge_protocol_says_at_once_when_the_client_is_gone() -> None:
+    """With the edge protocol (scope[ON_CLIENT_GONE]) the relay hands over a callback once the body is read, and
+    the upstream exchange is cancelled the moment it is called: no watcher task, no WATCH_DELAY."""
+    app, asked, cancelled = _slow_upstream_app()
+    watch: list[Any] = []
+    scope = {**_scope("/api/slow"), keys.ON_CLIENT_GONE: watch.append}
+    sent_body = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # never a disconnect message: only the callback can tell
+        raise AssertionError("unreachable")
+
+    exchange = asyncio.create_task(app(scope, receive, _ignore))
+    await asyncio.wait_for(asked.wait(), 5)
+    assert len(watch) == 1 and callable(watch[0])
+    watch[0]()
+    await asyncio.wait_for(exchange, 5)
+    assert cancelled.is_set() and scope[keys.REASON] == "client_closed"
+    assert watch[-1] is None  # the exchange is over: nothing left registered on the connection
+
+
+async def test_under_another_server_a_disconnect_message_cancels_the_exchange() -> None:
+    app, asked, cancelled = _slow_upstream_app()
+    scope = _scope("/api/slow")
+    messages = [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        if len(messages) == 1:
+            await asyncio.sleep(0.1)
+        return messages.pop(0)
+
+    await asyncio.wait_for(app(scope, receive, _ignore), 5)
+    assert asked.is_set() and cancelled.is_set() and scope[keys.REASON] == "client_closed"
