@@ -84,9 +84,6 @@ class CacheMiddleware:
         headers: list[Header] = scope["headers"]
         if await self._served_from_store(scope, send, key):
             return
-        if method == "GET" and any(name == b"range" for name, _ in headers):
-            await self.app(scope, receive, send)  # partial content is not stored: the upstream answers
-            return
         leader = self._collapsing.get(key)
         if leader is not None and not parse_cache_control(headers).has("no-cache"):
             # Request collapsing: a miss for this key is already on its way upstream; wait for it (bounded),
@@ -106,6 +103,9 @@ class CacheMiddleware:
                 scope.get(keys.REQUEST_ID, ""),
                 [(CACHE_STATUS, b"gateway; fwd=miss; detail=only-if-cached")],
             )
+            return
+        if method == "GET" and any(name == b"range" for name, _ in headers):
+            await self.app(scope, receive, send)  # partial content is not stored: the upstream answers
             return
         miss = b"fwd=uri-miss" if not variants else (b"fwd=vary-miss" if stored is None else b"fwd=stale")
         scope[keys.CACHE] = "miss"

@@ -358,7 +358,9 @@ async def test_a_range_request_on_a_miss_goes_to_the_upstream_and_is_not_stored(
     async with gateway(router) as client:
         first = await client.get("/file", headers={"range": "bytes=0-1"})
         second = await client.get("/file", headers={"range": "bytes=0-1"})
+        cached_only = await client.get("/file", headers={"range": "bytes=0-1", "cache-control": "only-if-cached"})
     assert first.status_code == second.status_code == 206
+    assert cached_only.status_code == 504  # RFC 9111 5.2.1.7: nothing stored, so no trip upstream either
     assert upstream.call_count == 2
     assert upstream.calls[0].request.headers["range"] == "bytes=0-1"
 
