@@ -7,6 +7,7 @@ max-age or Expires makes a response stale, never fresh; unknown directives are i
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import functools
 import math
@@ -56,7 +57,9 @@ def parse_cache_control(headers: Iterable[Header]) -> Directives:
     values: dict[str, str] = {}
     for line in header_values(headers, b"cache-control"):
         for item in _split(line.decode("latin-1")):
-            name, _, argument = item.partition("=")
+            name, equals, argument = item.partition("=")
+            if equals and name != name.rstrip():
+                argument = ""  # `max-age =60` is not the grammar: its value counts as invalid (so: stale)
             name = name.strip().lower()
             argument = argument.strip()
             if len(argument) >= 2 and argument[0] == argument[-1] == '"':
@@ -92,7 +95,9 @@ def http_date(value: bytes | None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if parsed.tzinfo is None:
-        return None
+        if b"," in value:
+            return None  # a zone other than GMT: not an HTTP-date
+        parsed = parsed.replace(tzinfo=datetime.UTC)  # asctime, which RFC 9110 5.6.7 says is GMT
     return parsed.timestamp()
 
 

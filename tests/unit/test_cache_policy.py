@@ -10,6 +10,7 @@ from gateway.cache.policy import (
     Stored,
     freshened,
     freshness_lifetime,
+    http_date,
     judge,
     not_modified_for,
     parse_cache_control,
@@ -95,6 +96,28 @@ def test_a_validator_makes_a_response_storable_without_freshness() -> None:
     assert storable("GET", 200, [], h(("content-type", "text/plain")), store_without_freshness=True)
     assert not storable("GET", 302, [], h(("etag", '"v1"')))  # not heuristically cacheable
     assert storable("GET", 302, [], h(("etag", '"v1"')), store_without_freshness=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("Sun, 06 Nov 1994 08:49:37 GMT", True),  # IMF-fixdate
+        ("Sunday, 06-Nov-94 08:49:37 GMT", True),  # obsolete RFC 850
+        ("Sun Nov  6 08:49:37 1994", True),  # obsolete asctime, which has no zone and means GMT
+        ("Sun, 06 Nov 1994 08:49:37 AEST", False),  # HTTP-dates are GMT only
+        ("yesterday", False),
+    ],
+)
+def test_every_http_date_format_is_accepted(value: str, valid: bool) -> None:
+    """RFC 9110 5.6.7: a recipient MUST accept all three HTTP-date formats."""
+    assert http_date(value.encode()) == (784111777.0 if valid else None)
+
+
+def test_whitespace_before_equals_makes_a_directive_value_invalid() -> None:
+    """`max-age =3600` is not the grammar: the value counts as invalid, which makes the response stale (never
+    fresher than it said); restrictive directives keep their effect."""
+    assert freshness_lifetime(200, h(("date", date()), ("cache-control", "max-age =3600"))) == 0
+    assert parse_cache_control(h(("cache-control", 'no-cache ="set-cookie"'))).values["no-cache"] == ""
 
 
 # Freshness lifetime (4.2.1, 4.2.2)
