@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,3 +30,21 @@ def anyio_backend() -> str:
 def settings_with(*routes: dict[str, Any], **sections: Any) -> GatewaySettings:
     """Settings with exactly these routes (and optional sections), whatever the built-in default says."""
     return GatewaySettings(routes=[RouteSettings.model_validate(route) for route in routes], **sections)
+
+
+@contextlib.contextmanager
+def cyclic_garbage() -> Iterator[list[str]]:
+    """The type names of what the block leaves for the garbage collector (objects in reference cycles, which
+    wait for its passes instead of being freed at once); the list is filled when the block ends."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    left: list[str] = []
+    try:
+        yield left
+        gc.collect()
+        left.extend(type(thing).__name__ for thing in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

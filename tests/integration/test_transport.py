@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 import time
 
@@ -13,6 +12,7 @@ import pytest
 from gateway.client import create_client
 from gateway.transport import RelayTransport
 from settings import ClientSettings
+from tests.conftest import cyclic_garbage
 from tests.servers import Received, UpstreamHandler, scripted_upstream
 
 pytestmark = pytest.mark.anyio
@@ -224,20 +224,11 @@ async def test_the_shared_client_leaves_no_cyclic_garbage() -> None:
         async with create_client(ClientSettings()) as http:
             for _ in range(3):  # the pool's connection and first-use caches are made once, not per exchange
                 await (await http.send(http.build_request("GET", upstream.url), stream=True)).aclose()
-            gc.collect()
-            gc.disable()
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            try:
+            with cyclic_garbage() as left:
                 for index in range(20):
                     response = await http.send(http.build_request("GET", f"{upstream.url}/{index}"), stream=True)
                     body = b"".join([chunk async for chunk in response.aiter_raw()])
                     await response.aclose()
                     assert body == f"GET /{index}".encode()
                 del response
-                gc.collect()
-                left = [type(thing).__name__ for thing in gc.garbage]
-            finally:
-                gc.set_debug(0)
-                gc.garbage.clear()
-                gc.enable()
     assert left == []

@@ -4,7 +4,6 @@ turn, an app's own Date instead of the server's, and no garbage left for the col
 from __future__ import annotations
 
 import asyncio
-import gc
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from uvicorn.server import ServerState
 from gateway import scope as keys
 from gateway.server import EdgeProtocol, GatewayConfig
 from settings import LimitsSettings
+from tests.conftest import cyclic_garbage
 
 pytestmark = pytest.mark.anyio
 
@@ -133,18 +133,9 @@ async def test_requests_leave_no_cyclic_garbage() -> None:
     for _ in range(3):
         protocol.data_received(GET)
         await turns()
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as left:
         for _ in range(20):
             protocol.data_received(GET)
             await turns()
-        gc.collect()
-        left = [type(thing).__name__ for thing in gc.garbage]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert len(transport.writes) == 23
     assert left == []
