@@ -286,7 +286,8 @@ class CacheMiddleware:
             if new is not None and new != old:
                 await self._store.drop(key)
                 return
-        await self._store.put(key, freshened(stored, head, request_time, state["response_time"]))
+        renewed = freshened(stored, head, request_time, state["response_time"], strip_cookies=self._strip_cookies)
+        await self._store.put(key, renewed)
 
     async def _store_response(self, key: str, scope: Scope, state: dict[str, Any], request_time: float) -> None:
         headers = stored_headers(state["headers"], strip_cookies=self._strip_cookies)

@@ -471,3 +471,22 @@ async def test_a_head_response_freshens_or_invalidates_the_stored_get(clock: Clo
     assert refreshed.headers["cache-status"] == "gateway; hit"
     assert refetched.headers["cache-status"].startswith("gateway; fwd=uri-miss")
     assert [call.request.method for call in upstream.calls] == ["GET", "HEAD", "HEAD", "GET"]
+
+
+async def test_a_stripping_route_keeps_cookies_out_of_the_store_on_every_path(clock: Clock) -> None:
+    """With set_cookie = "strip", a cookie set on a 200 to HEAD (which freshens the stored GET) is not stored
+    either."""
+    router = respx.MockRouter()
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        cookie = {"set-cookie": "sid=head"} if request.method == "HEAD" else {}
+        return answer(clock, etag='"v1"', **{"cache-control": "max-age=10", **cookie})
+
+    router.route(url=f"{API}/h").mock(side_effect=origin)
+    async with gateway(router, set_cookie="strip") as client:
+        await client.get("/h")
+        clock.now += 30
+        head = await client.head("/h")
+        hit = await client.get("/h")
+    assert head.headers["set-cookie"] == "sid=head"
+    assert hit.headers["cache-status"] == "gateway; hit" and "set-cookie" not in hit.headers
