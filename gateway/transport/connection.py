@@ -116,10 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("upstream switched protocols unasked"))
         except httptools.HttpParserError as exc:
             if self.complete:
-                # Bytes after a complete response (a body longer than its Content-Length, say): the response
-                # stands, as nginx has it, but the connection is out of step and is not reused.
-                self.keep_alive = False
-                self.close()
+                self._out_of_step()
             else:
                 reason = exc.__context__ if isinstance(exc.__context__, _Unacceptable) else exc
                 self._fail(httpx.RemoteProtocolError(f"invalid response from upstream: {reason}"))
@@ -135,9 +132,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.complete = True
         self._wake()
-        if surplus:  # bytes after the declared length: the connection is out of step (as in data_received)
-            self.keep_alive = False
-            self.close()
+        if surplus:
+            self._out_of_step()
+
+    def _out_of_step(self) -> None:
+        """Bytes after a complete response (a body longer than its Content-Length, say): the response stands, as
+        nginx has it, but the connection can carry no other one."""
+        self.keep_alive = False
+        self.close()
 
     def eof_received(self) -> bool:
         if self.head_done and not self.complete and self._close_delimited():
