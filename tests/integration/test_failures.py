@@ -42,6 +42,28 @@ def test_connect_failure_is_a_502_problem_naming_nothing_internal(caplog: pytest
     assert len(logged) == 1 and "ConnectError" in logged[0]
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 999 Made Up\r\nContent-Length: 2\r\n\r\nok",  # uvicorn had no status line for it: a traceback
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xyz\r\n\r\nok",  # was relayed as plain bytes until the close
+    ],
+)
+def test_a_response_the_gateway_cannot_relay_is_a_502_at_once(head: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    def answer(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(head)
+
+    with (
+        caplog.at_level(logging.INFO),
+        scripted_upstream(answer) as upstream,
+        gateway(route_to(upstream.url, balancing={"retries": {"attempts": 1}})) as url,
+    ):
+        response = httpx.get(url + "/", timeout=10)
+    assert response.status_code == 502
+    assert response.json()["detail"] == "The upstream sent an invalid or incomplete response."
+    assert not [record for record in caplog.records if record.exc_info], "no traceback"
+
+
 def test_slow_upstream_is_a_504() -> None:
     def slow(handler: UpstreamHandler, request: Received) -> None:
         time.sleep(1.5)
