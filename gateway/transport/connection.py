@@ -92,6 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.error: Exception | None = None
         self._declared_length: bytes | None = None
+        self._chunked = False
         self._unparsed = 0  # body bytes still due on a Content-Length response, taken past the parser
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -152,9 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _close_delimited(self) -> bool:
         """Whether the body runs until the connection closes: no length and not chunked (only asked at EOF)."""
-        return self.status not in (204, 304) and not any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
-        )
+        return self.status not in (204, 304) and self._declared_length is None and not self._chunked
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -180,10 +179,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._note_keep_alive(value)
         elif len(name) == 14 and name.lower() == b"content-length":
             self._declared_length = value  # llhttp refuses a second one, or one that is not a number
-        elif len(name) == 17 and name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            # llhttp would read a body in an unknown coding until the connection closes and hand it on as if
-            # it were plain; like nginx, the gateway refuses it (RFC 9112 6.1 lists no coding it could undo).
-            raise _UnknownCoding(value)
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                # llhttp would read a body in an unknown coding until the connection closes and hand it on as if
+                # it were plain; like nginx, the gateway refuses it (RFC 9112 6.1 lists no coding it could undo).
+                raise _UnknownCoding(value)
+            self._chunked = True
 
     def _note_keep_alive(self, value: bytes) -> None:
         for parameter in value.split(b","):
@@ -224,6 +225,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.head_done:
             self.headers = []  # an interim (1xx) response's
             self._declared_length = None
+            self._chunked = False
             return
         self._unparsed = 0
         self.complete = True
