@@ -31,7 +31,13 @@ REQUEST = (
 )
 
 
-OPTIONS: dict[str, Any] = {"limit_concurrency": 10_000, "log_level": "warning", "proxy_headers": False}
+# As the gateway runs uvicorn (server/runner.py): no proxy headers, and no uvicorn access log (it writes its own).
+OPTIONS: dict[str, Any] = {
+    "limit_concurrency": 10_000,
+    "log_level": "warning",
+    "proxy_headers": False,
+    "access_log": False,
+}
 
 
 async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:

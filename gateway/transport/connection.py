@@ -16,6 +16,8 @@ from typing import cast
 import httptools
 import httpx
 
+from gateway.deadline import Deadline
+
 # Pause reading from the upstream once this much body is buffered and unread by the client side.
 READ_HIGH_WATER = 256 * 1024
 # An idle connection is given up this long before the upstream said it would close it (`Keep-Alive:
@@ -80,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._read_deadline = Deadline(self.loop, self._read_timed_out)
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -157,6 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._read_deadline.cancel()
         if not self.complete:
             self._fail(httpx.ReadError("upstream connection lost"))
         if self._drain_waiter is not None and not self._drain_waiter.done():
@@ -286,12 +290,21 @@ class UpstreamConnection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
         self._waiter = self.loop.create_future()
+        if timeout is not None:
+            self._read_deadline.set(timeout)
         try:
-            await wait_until(self._waiter, timeout, httpx.ReadTimeout, "upstream did not answer in time")
+            await self._waiter
+        except _TimedOut:
+            raise httpx.ReadTimeout("upstream did not answer in time") from None
         finally:
             self._waiter = None
+            self._read_deadline.clear()
         if self.error is not None:
             raise self.error
+
+    def _read_timed_out(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(_TimedOut())
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

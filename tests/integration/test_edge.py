@@ -19,7 +19,15 @@ import pytest
 from gateway import create_app
 from settings import LimitsSettings
 from tests.conftest import settings_with
-from tests.servers import WAIT, Received, ScriptedServer, UpstreamHandler, scripted_upstream, serve_app
+from tests.servers import (
+    WAIT,
+    Received,
+    ScriptedServer,
+    UpstreamHandler,
+    respond_echo,
+    scripted_upstream,
+    serve_app,
+)
 
 SMUGGLED = b"GET /api/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
 
@@ -31,9 +39,9 @@ def upstream() -> Iterator[ScriptedServer]:
 
 
 @contextlib.contextmanager
-def edge(upstream_url: str, **limits: Any) -> Iterator[tuple[str, int]]:
+def edge(upstream_url: str, server: dict[str, Any] | None = None, **limits: Any) -> Iterator[tuple[str, int]]:
     app = create_app(settings_with({"prefix": "/api", "upstreams": [upstream_url]}))
-    with serve_app(app, limits=LimitsSettings(**limits)) as url:
+    with serve_app(app, limits=LimitsSettings(**limits), **(server or {})) as url:
         host, port = url.removeprefix("http://").split(":")
         yield host, int(port)
 
@@ -227,6 +235,37 @@ def test_a_body_held_back_by_a_slow_upstream_is_not_cut() -> None:
         with edge(slow_upstream.url, body_timeout=0.5, body_min_rate=100_000) as address:
             response = httpx.post(f"http://{address[0]}:{address[1]}/api/up", content=b"u" * size, timeout=WAIT)
     assert response.status_code == 200 and response.text == "ok"
+
+
+def read_response(conn: socket.socket) -> bytes:
+    """One response with a Content-Length off a keep-alive connection (b"" if the gateway closed it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_keep_alive_connection_is_closed_once_idle_for_the_timeout_and_not_while_in_use() -> None:
+    def slow_then_echo(handler: UpstreamHandler, request: Received) -> None:
+        if request.target == b"/api/slow":
+            time.sleep(1.5)  # longer than the keep-alive timeout: the connection is busy, not idle
+        respond_echo(handler, request)
+
+    with scripted_upstream(slow_then_echo) as upstream, edge(upstream.url, server={"timeout_keep_alive": 1}) as address:
+        with socket.create_connection(address, timeout=WAIT) as conn:
+            for path in (b"/api/a", b"/api/slow", b"/api/b", b"/api/c", b"/api/d"):
+                conn.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+                assert status_of(read_response(conn)) == 200
+                time.sleep(0.4)  # 3.1 s on one connection, never idle for the full second
+            assert conn.recv(1) == b""  # then closed by the gateway (the socket's own timeout would raise)
+    assert len(upstream.requests) == 5
 
 
 def test_connections_over_the_cap_get_503(upstream: ScriptedServer) -> None:
