@@ -8,7 +8,7 @@ import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -123,6 +123,20 @@ class GatewayClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
         pass
+
+
+async def close_response(response: httpx.Response) -> None:
+    """`await response.aclose()`, minus the context manager httpx opens for it (~2 µs a request) only to name the
+    request on a transport error raised while closing; this does that with a plain `except`."""
+    if response.is_closed:
+        return
+    response.is_closed = True
+    try:
+        await cast(httpx.AsyncByteStream, response.stream).aclose()
+    except httpx.RequestError as exc:
+        if response._request is not None:
+            exc.request = response._request
+        raise
 
 
 class TimedStream(httpx.AsyncByteStream):

@@ -1,15 +1,19 @@
-"""httpx URLs and headers assembled from parts the gateway has already validated, without httpx re-checking them.
+"""httpx URLs, headers, requests and responses assembled from parts the gateway has already validated, without
+httpx re-checking or copying them.
 
-httpx parses and validates every URL it is given (tens of µs per request), and normalises each header through
-two function calls. The gateway's upstream origins are validated once at start-up and its targets are made
-URL-safe by `paths.url_safe()`; its header pairs are bytes already. So the parsed forms can be assembled
-directly. This uses httpx's internal ParseResult and `Headers._list` (httpx is pinned);
-tests/unit/test_prebuilt.py checks that the results equal what httpx's own constructors produce.
+httpx parses and validates every URL it is given (tens of µs per request), normalises each header through
+two function calls, and its Request and Response constructors copy the URL, headers and extensions they are
+handed. The gateway's upstream origins are validated once at start-up and its targets are made URL-safe by
+`paths.url_safe()`; its header pairs are bytes already, and what it hands a constructor is made for that one
+object. So the parsed forms can be assembled directly. This uses httpx's internal ParseResult, `Headers._list`
+and the attributes its constructors set (httpx is pinned); tests/unit/test_prebuilt.py checks that the results
+equal what httpx's own constructors produce.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import httpx
 from httpx._urlparse import ParseResult
@@ -28,6 +32,43 @@ def upstream_url(scheme: str, host: str, port: int | None, target: bytes) -> htt
 
 def prebuilt_headers(pairs: Iterable[tuple[bytes, bytes]]) -> httpx.Headers:
     """httpx.Headers(pairs) for byte pairs, in a third of the time (one list, no per-field calls)."""
-    headers = httpx.Headers()
+    headers = httpx.Headers.__new__(httpx.Headers)
     headers._list = [(name, name.lower(), value) for name, value in pairs]
+    headers._encoding = None
     return headers
+
+
+def prebuilt_request(
+    method: str,
+    url: httpx.URL,
+    headers: httpx.Headers,
+    stream: httpx.AsyncByteStream | httpx.ByteStream,
+    extensions: dict[str, Any],
+) -> httpx.Request:
+    """httpx.Request(method, url, headers=headers, stream=stream, extensions=extensions), owning its arguments."""
+    request = httpx.Request.__new__(httpx.Request)
+    request.method = method.upper()
+    request.url = url
+    request.headers = headers
+    request.extensions = extensions
+    request.stream = stream
+    return request
+
+
+def prebuilt_response(
+    status: int, headers: httpx.Headers, stream: httpx.AsyncByteStream | httpx.ByteStream, extensions: dict[str, Any]
+) -> httpx.Response:
+    """httpx.Response(status, headers=headers, stream=stream, extensions=extensions), owning its arguments."""
+    response = httpx.Response.__new__(httpx.Response)
+    response.status_code = status
+    response.headers = headers
+    response._request = None
+    response.next_request = None
+    response.extensions = extensions
+    response.history = []
+    response.is_closed = False
+    response.is_stream_consumed = False
+    response.default_encoding = "utf-8"
+    response.stream = stream
+    response._num_bytes_downloaded = 0
+    return response

@@ -14,11 +14,12 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from gateway import scope as keys
+from gateway.client import close_response
 from gateway.clientip import ClientIPResolver
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
 from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.paths import strip_segments, url_safe
-from gateway.prebuilt import prebuilt_headers
+from gateway.prebuilt import prebuilt_headers, prebuilt_request
 from gateway.retries import NOT_SENT, RetryPolicy
 from gateway.transport import COMPLETE_BODY, TLS_CONTEXT
 from gateway.upstreams import Upstream, UpstreamPool
@@ -306,7 +307,7 @@ class ProxyEndpoint:
                     await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
             await exchange.send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await response.aclose()
+            await close_response(response)
 
     def _upstream_request(
         self, scope: Scope, exchange: Exchange, upstream: Upstream, declared_length: int, chunked: bool
@@ -337,12 +338,12 @@ class ProxyEndpoint:
             body = _NO_BODY
             exchange.watch_for_disconnect()
         # Headers and framing are complete, so httpx is handed the stream as is (no re-encoding).
-        return httpx.Request(
+        return prebuilt_request(
             scope["method"],
             upstream.url_for(url_safe(target)),
-            headers=prebuilt_headers(upstream_headers),
-            stream=body,
-            extensions={"timeout": self._timeouts, **self._tls_extension},
+            prebuilt_headers(upstream_headers),
+            body,
+            {"timeout": self._timeouts, **self._tls_extension},
         )
 
     async def _request_body(self, exchange: Exchange) -> AsyncIterator[bytes]:

@@ -13,7 +13,7 @@ from typing import cast
 
 import httpx
 
-from gateway.prebuilt import prebuilt_headers
+from gateway.prebuilt import prebuilt_headers, prebuilt_response
 from gateway.transport.connection import UpstreamConnection
 from gateway.transport.pool import OriginPool
 
@@ -74,17 +74,17 @@ class RelayTransport(httpx.AsyncBaseTransport):
             if conn.complete:
                 content = conn.take_body()
                 ResponseBody(pool, conn, None).finish()
-                return httpx.Response(
+                return prebuilt_response(
                     conn.status,
-                    headers=prebuilt_headers(conn.headers),
-                    stream=httpx.ByteStream(content),
-                    extensions={"http_version": b"HTTP/1.1", COMPLETE_BODY: content},
+                    prebuilt_headers(conn.headers),
+                    httpx.ByteStream(content),
+                    {"http_version": b"HTTP/1.1", COMPLETE_BODY: content},
                 )
-            return httpx.Response(
+            return prebuilt_response(
                 conn.status,
-                headers=prebuilt_headers(conn.headers),
-                stream=ResponseBody(pool, conn, timeouts.get("read")),
-                extensions={"http_version": b"HTTP/1.1"},
+                prebuilt_headers(conn.headers),
+                ResponseBody(pool, conn, timeouts.get("read")),
+                {"http_version": b"HTTP/1.1"},
             )
 
     def _new_pool(self, url: httpx.URL, tls: ssl.SSLContext | None) -> OriginPool:

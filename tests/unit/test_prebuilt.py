@@ -3,7 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.prebuilt import prebuilt_headers, upstream_url
+from gateway.prebuilt import prebuilt_headers, prebuilt_request, prebuilt_response, upstream_url
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,31 @@ def test_prebuilt_headers_equal_constructed_ones() -> None:
     assert built.get_list("set-cookie") == ["a=1", "b=2"] and built["content-type"] == "text/plain"
     # as the relay builds its requests: with a stream, so that httpx adds no Host or length of its own
     assert httpx.Request("GET", "http://up.internal/", headers=built, stream=httpx.ByteStream(b"")).headers.raw == pairs
+
+
+@pytest.mark.parametrize("stream", [httpx.ByteStream(b""), httpx.ByteStream(b"body"), httpx.AsyncByteStream()])
+def test_prebuilt_requests_equal_constructed_ones(stream: httpx.AsyncByteStream | httpx.ByteStream) -> None:
+    url = upstream_url("http", "up.internal", 8080, b"/a?b=1")
+    pairs = [(b"host", b"up.internal:8080"), (b"x-request-id", b"abc")]
+    extensions = {"timeout": {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 5.0}}
+    built = prebuilt_request("get", url, prebuilt_headers(pairs), stream, dict(extensions))
+    constructed = httpx.Request("get", url, headers=pairs, stream=stream, extensions=extensions)
+    assert vars(built).keys() == vars(constructed).keys()
+    assert (built.method, built.url, built.headers.raw, built.extensions, built.stream) == (
+        constructed.method,
+        constructed.url,
+        constructed.headers.raw,
+        constructed.extensions,
+        constructed.stream,
+    )
+
+
+@pytest.mark.parametrize("stream", [httpx.ByteStream(b"complete"), httpx.AsyncByteStream()])
+def test_prebuilt_responses_equal_constructed_ones(stream: httpx.AsyncByteStream | httpx.ByteStream) -> None:
+    pairs = [(b"Content-Type", b"text/plain"), (b"Content-Length", b"8")]
+    extensions = {"http_version": b"HTTP/1.1"}
+    built = prebuilt_response(200, prebuilt_headers(pairs), stream, dict(extensions))
+    constructed = httpx.Response(200, headers=pairs, stream=stream, extensions=extensions)
+    assert vars(built) == {**vars(constructed), "headers": built.headers}
+    assert built.headers.raw == constructed.headers.raw
+    assert (built.http_version, built.reason_phrase, built.is_closed) == ("HTTP/1.1", "OK", False)
