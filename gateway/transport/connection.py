@@ -23,6 +23,9 @@ READ_HIGH_WATER = 256 * 1024
 # An idle connection is given up this long before the upstream said it would close it (`Keep-Alive:
 # timeout=N`), so that a request is not sent just as the upstream's own timer closes the connection.
 KEEP_ALIVE_MARGIN = 1.0
+# Lengths of the header names the connection acts on (Keep-Alive, Content-Length, Transfer-Encoding): one set
+# lookup per header picks out the candidates.
+_NOTED_LENGTHS = frozenset({len(b"keep-alive"), len(b"content-length"), len(b"transfer-encoding")})
 
 
 class _TimedOut(Exception):
@@ -178,12 +181,18 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # a trailer field (after a chunked body): not relayed, and the head's list is the response's now
         self.headers.append((name, value))
-        if len(name) == 10 and name.lower() == b"keep-alive":
+        if len(name) in _NOTED_LENGTHS:
+            self._note_header(name.lower(), value)
+
+    def _note_header(self, name: bytes, value: bytes) -> None:
+        if name == b"keep-alive":
             self._note_keep_alive(value)
-        elif len(name) == 14 and name.lower() == b"content-length":
+        elif name == b"content-length":
             self._declared_length = value  # llhttp refuses a second one, or one that is not a number
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+        elif name == b"transfer-encoding":
             if value.strip().lower() != b"chunked":
                 # llhttp would read a body in an unknown coding until the connection closes and hand it on as if
                 # it were plain; like nginx, the gateway refuses it (RFC 9112 6.1 lists no coding it could undo).

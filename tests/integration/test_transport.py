@@ -44,6 +44,23 @@ async def test_close_delimited_body_and_interim_responses() -> None:
     assert "link" not in response.headers and response.headers["x-final"] == "1"
 
 
+async def test_trailer_fields_after_a_chunked_body_are_not_taken_for_head_fields() -> None:
+    def with_trailers(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Digest\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Digest: abc\r\n\r\n"
+        )
+
+    with scripted_upstream(with_trailers) as upstream:
+        async with client() as http:
+            async with http.stream("GET", upstream.url) as response:
+                body = await response.aread()
+                headers = response.headers.raw
+            again = await http.get(upstream.url)  # and the connection stays usable
+    assert body == b"hello" and again.text == "hello"
+    assert [name for name, _ in headers] == [b"Transfer-Encoding", b"Trailer"]
+
+
 async def test_head_responses_end_after_the_headers() -> None:
     def head(handler: UpstreamHandler, request: Received) -> None:
         handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")

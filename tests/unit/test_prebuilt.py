@@ -66,3 +66,20 @@ def test_prebuilt_responses_equal_constructed_ones(stream: httpx.AsyncByteStream
     assert vars(built) == {**vars(constructed), "headers": built.headers}
     assert built.headers.raw == constructed.headers.raw
     assert (built.http_version, built.reason_phrase, built.is_closed) == ("HTTP/1.1", "OK", False)
+
+
+def test_prebuilt_headers_index_themselves_only_when_asked_and_stay_consistent() -> None:
+    pairs = [(b"Content-Type", b"text/plain"), (b"X-Trace", b"1")]
+    built = prebuilt_headers(pairs)
+    handed_out = built.raw
+    handed_out.append((b"x-sneaked", b"in"))  # a caller's list is its own
+    assert built.raw == [(b"Content-Type", b"text/plain"), (b"X-Trace", b"1")]
+    built["x-trace"] = "2"
+    built.setdefault("x-added", "3")
+    del built["content-type"]
+    constructed = httpx.Headers([(b"Content-Type", b"text/plain"), (b"X-Trace", b"1")])
+    constructed["x-trace"] = "2"
+    constructed.setdefault("x-added", "3")
+    del constructed["content-type"]
+    assert built.raw == constructed.raw == [(b"x-trace", b"2"), (b"x-added", b"3")]
+    assert built == constructed and built.copy() == constructed
