@@ -378,12 +378,17 @@ class RequestBody(httpx.AsyncByteStream):
 _NO_BODY = httpx.ByteStream(b"")
 
 
+_FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})
+
+
 def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
     """(declared Content-Length or 0, whether the body is chunked). The server has already rejected
     conflicting framing; a non-numeric length is refused here."""
     length = 0
     chunked = False
     for name, value in headers:
+        if len(name) not in _FRAMING_LENGTHS:
+            continue  # most fields, passed over without lowering their names
         lowered = name.lower()
         if lowered == b"content-length":
             if not value.isdigit():

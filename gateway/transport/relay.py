@@ -151,11 +151,9 @@ class ResponseBody(httpx.AsyncByteStream):
 
 def _request_head(request: httpx.Request) -> bytes:
     raw = request.headers.raw
-    parts = [request.method.encode(), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    for name, value in raw:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    head = b"".join(parts)
+    # One join per field and one for the head, all in C (a Python loop over the fields cost 4x as many bytecodes).
+    fields = b"\r\n".join(map(b": ".join, raw)) + b"\r\n" if raw else b""
+    head = b"%s %s HTTP/1.1\r\n%s\r\n" % (request.method.encode(), request.url.raw_path, fields)
     # One line per header and no stray CR, LF or NUL: nothing can split the message (request smuggling).
     lines = len(raw) + 2
     if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:

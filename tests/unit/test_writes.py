@@ -1,5 +1,6 @@
 """The edge protocol's response path: a small response in one write, a held head never waiting past its loop
-turn, an app's own Date instead of the server's, and no garbage left for the collector."""
+turn, an app's own Date instead of the server's, no garbage left for the collector, the same bytes as uvicorn
+writes, and no head that a field could split."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
@@ -139,3 +142,69 @@ async def test_requests_leave_no_cyclic_garbage() -> None:
             await turns()
     assert len(transport.writes) == 23
     assert left == []
+
+
+HEADS: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = {
+    "with a length": (200, [(b"content-type", b"text/plain"), (b"content-length", b"2")], b"ok"),
+    "without a length: chunked": (200, [(b"content-type", b"text/plain")], b"ok"),
+    "already chunked": (200, [(b"transfer-encoding", b"chunked")], b"ok"),
+    "asking to close": (200, [(b"content-length", b"2"), (b"connection", b"Keep-Alive, Close")], b"ok"),
+    "no content": (204, [(b"x-request-id", b"abc")], b""),
+    "not modified": (304, [(b"etag", b'"v1"'), (b"content-length", b"10")], b""),
+    "a tab in a value": (200, [(b"x-note", b"a\tb"), (b"content-length", b"0")], b""),
+    "no fields at all": (200, [], b""),
+}
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("case", HEADS)
+async def test_responses_are_written_byte_for_byte_as_uvicorn_writes_them(case: str, method: bytes) -> None:
+    status, headers, body = HEADS[case]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    request = method + b" /x HTTP/1.1\r\nHost: gw\r\n\r\n"
+    written = []
+    for protocol_class in (EdgeProtocol, HttpToolsProtocol):
+        options: dict[str, Any] = {"log_level": "warning", "proxy_headers": False, "access_log": False}
+        if protocol_class is EdgeProtocol:
+            config: Config = GatewayConfig(app, limits=LimitsSettings(), **options)
+        else:
+            config = Config(app, **options)
+        config.load()
+        state = ServerState()
+        state.default_headers = [(b"date", b"Thu, 26 Nov 2026 21:00:00 GMT")]
+        protocol = protocol_class(config, state, {})
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(request)
+        await turns()
+        written.append((b"".join(transport.writes), transport.closed))
+    assert written[0] == written[1]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"x-split", b"a\r\nset-cookie: stolen=1"),
+        (b"x-split", b"a\nset-cookie: stolen=1"),
+        (b"x-split", b"a\rb"),
+        (b"x-nul", b"a\x00b"),
+        (b"x-control", b"a\x1bb"),
+        (b"x-delete", b"a\x7fb"),
+        (b"bad name", b"v"),
+        (b"x-split\r\nset-cookie", b"stolen=1"),
+    ],
+)
+async def test_a_head_with_a_field_that_could_split_it_is_never_written(field: tuple[bytes, bytes]) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"2"), field]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol, transport = connect(app)
+    protocol.data_received(GET)
+    await turns()
+    assert transport.writes == [] and transport.closed
