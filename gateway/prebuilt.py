@@ -29,13 +29,8 @@ def upstream_url(scheme: str, host: str, port: int | None, target: bytes) -> htt
     return url
 
 
-def prebuilt_headers(pairs: list[tuple[bytes, bytes]]) -> httpx.Headers:
-    """httpx.Headers(pairs) for byte pairs, made in no time: see PairHeaders."""
-    return PairHeaders(pairs)
-
-
 class PairHeaders(httpx.Headers):
-    """httpx.Headers over the byte pairs it was made from, which it owns.
+    """httpx.Headers(pairs) for byte pairs, over the pairs it was made from (which it owns).
 
     `raw` hands the pairs back without rebuilding them, and the case-insensitive index httpx keeps (`_list`)
     is built only when a field is first looked up or changed. A relayed head is mostly passed on whole, so its

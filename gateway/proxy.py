@@ -19,7 +19,7 @@ from gateway.clientip import ClientIPResolver
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
 from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.paths import strip_segments, url_safe
-from gateway.prebuilt import prebuilt_headers, prebuilt_request
+from gateway.prebuilt import PairHeaders, prebuilt_request
 from gateway.retries import NOT_SENT, RetryPolicy
 from gateway.transport import COMPLETE_BODY, TLS_CONTEXT
 from gateway.upstreams import Upstream, UpstreamPool
@@ -211,7 +211,7 @@ class ProxyEndpoint:
             try:
                 request = self._upstream_request(scope, exchange, upstream, declared_length, chunked)
                 try:
-                    if self._retries.per_try_timeout is None:  # (a coroutine less per request than _send_within)
+                    if self._retries.per_try_timeout is None:  # no deadline: no coroutine of its own
                         response = await self._client.send(request, stream=True)
                     else:
                         response = await self._send_within(self._retries.per_try_timeout, request)
@@ -341,7 +341,7 @@ class ProxyEndpoint:
         return prebuilt_request(
             scope["method"],
             upstream.url_for(url_safe(target)),
-            prebuilt_headers(upstream_headers),
+            PairHeaders(upstream_headers),
             body,
             {"timeout": self._timeouts, **self._tls_extension},
         )

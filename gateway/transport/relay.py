@@ -13,7 +13,7 @@ from typing import cast
 
 import httpx
 
-from gateway.prebuilt import prebuilt_headers, prebuilt_response
+from gateway.prebuilt import PairHeaders, prebuilt_response
 from gateway.transport.connection import UpstreamConnection
 from gateway.transport.pool import OriginPool
 
@@ -76,13 +76,13 @@ class RelayTransport(httpx.AsyncBaseTransport):
                 ResponseBody(pool, conn, None).finish()
                 return prebuilt_response(
                     conn.status,
-                    prebuilt_headers(conn.headers),
+                    PairHeaders(conn.headers),
                     httpx.ByteStream(content),
                     {"http_version": b"HTTP/1.1", COMPLETE_BODY: content},
                 )
             return prebuilt_response(
                 conn.status,
-                prebuilt_headers(conn.headers),
+                PairHeaders(conn.headers),
                 ResponseBody(pool, conn, timeouts.get("read")),
                 {"http_version": b"HTTP/1.1"},
             )

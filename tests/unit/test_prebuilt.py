@@ -3,7 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.prebuilt import prebuilt_headers, prebuilt_request, prebuilt_response, upstream_url
+from gateway.prebuilt import PairHeaders, prebuilt_request, prebuilt_response, upstream_url
 
 
 @pytest.mark.parametrize(
@@ -30,9 +30,9 @@ def test_assembled_urls_equal_parsed_ones(scheme: str, host: str, port: int | No
     assert str(built) == str(parsed)
 
 
-def test_prebuilt_headers_equal_constructed_ones() -> None:
+def test_pair_headers_equal_constructed_ones() -> None:
     pairs = [(b"Content-Type", b"text/plain"), (b"set-cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"X-Empty", b"")]
-    built, constructed = prebuilt_headers(pairs), httpx.Headers(pairs)
+    built, constructed = PairHeaders(pairs), httpx.Headers(pairs)
     assert built._list == constructed._list
     assert built.raw == constructed.raw == pairs
     assert built.get_list("set-cookie") == ["a=1", "b=2"] and built["content-type"] == "text/plain"
@@ -45,7 +45,7 @@ def test_prebuilt_requests_equal_constructed_ones(stream: httpx.AsyncByteStream 
     url = upstream_url("http", "up.internal", 8080, b"/a?b=1")
     pairs = [(b"host", b"up.internal:8080"), (b"x-request-id", b"abc")]
     extensions = {"timeout": {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 5.0}}
-    built = prebuilt_request("get", url, prebuilt_headers(pairs), stream, dict(extensions))
+    built = prebuilt_request("get", url, PairHeaders(pairs), stream, dict(extensions))
     constructed = httpx.Request("get", url, headers=pairs, stream=stream, extensions=extensions)
     assert vars(built).keys() == vars(constructed).keys()
     assert (built.method, built.url, built.headers.raw, built.extensions, built.stream) == (
@@ -61,16 +61,16 @@ def test_prebuilt_requests_equal_constructed_ones(stream: httpx.AsyncByteStream 
 def test_prebuilt_responses_equal_constructed_ones(stream: httpx.AsyncByteStream | httpx.ByteStream) -> None:
     pairs = [(b"Content-Type", b"text/plain"), (b"Content-Length", b"8")]
     extensions = {"http_version": b"HTTP/1.1"}
-    built = prebuilt_response(200, prebuilt_headers(pairs), stream, dict(extensions))
+    built = prebuilt_response(200, PairHeaders(pairs), stream, dict(extensions))
     constructed = httpx.Response(200, headers=pairs, stream=stream, extensions=extensions)
     assert vars(built) == {**vars(constructed), "headers": built.headers}
     assert built.headers.raw == constructed.headers.raw
     assert (built.http_version, built.reason_phrase, built.is_closed) == ("HTTP/1.1", "OK", False)
 
 
-def test_prebuilt_headers_index_themselves_only_when_asked_and_stay_consistent() -> None:
+def test_pair_headers_index_themselves_only_when_asked_and_stay_consistent() -> None:
     pairs = [(b"Content-Type", b"text/plain"), (b"X-Trace", b"1")]
-    built = prebuilt_headers(pairs)
+    built = PairHeaders(pairs)
     handed_out = built.raw
     handed_out.append((b"x-sneaked", b"in"))  # a caller's list is its own
     assert built.raw == [(b"Content-Type", b"text/plain"), (b"X-Trace", b"1")]
