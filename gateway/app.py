@@ -4,7 +4,6 @@ reloading: a new generation of all that, switched to atomically."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
+from gateway import heap
 from gateway import scope as keys
 from gateway.admin import gateway_routes, not_found
 from gateway.balancers import balancer_for
@@ -266,7 +266,7 @@ class Runtime:
         watching = self._current.settings.server.watch_config and config_file and supervisor_pid() is None
         watcher = asyncio.create_task(self._watch(Path(config_file))) if watching and config_file else None
         folder = asyncio.create_task(self._fold_metrics())
-        _settle_heap()
+        heap.settle()
         try:
             yield
         finally:
@@ -307,14 +307,6 @@ class Runtime:
     def _stop_checks(self) -> None:
         for task in self._checks:
             task.cancel()
-
-
-def _settle_heap() -> None:
-    """Move everything built at start-up (modules, settings models, route stacks: over half a million
-    objects) out of the garbage collector's sight, so that its full collections stop walking them all again
-    (with the client's per-exchange cycles gone too, bench/pipeline.py went from 215 to 160 µs a request)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
