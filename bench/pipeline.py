@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import os
 import statistics
 import time
@@ -46,10 +47,11 @@ READ_SIZE = 256_000  # what uvloop reads from a socket at most
 def upstream_response(body_size: int) -> tuple[bytes, ...]:
     """What nginx answers (its headers, verbatim shape), in the pieces the gateway would read it in."""
     body = b"o" * max(body_size - len(BODY_END), 0) + BODY_END
+    now = email.utils.formatdate(usegmt=True).encode()  # fresh for the cache (max-age counts from Date)
     response = (
-        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 19:00:00 GMT\r\n"
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: %s\r\n"
         b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\nConnection: keep-alive\r\n"
-        b"Cache-Control: max-age=3600\r\n\r\n%s" % (len(body), body)
+        b"Cache-Control: max-age=3600\r\n\r\n%s" % (now, len(body), body)
     )
     return tuple(response[start : start + READ_SIZE] for start in range(0, len(response), READ_SIZE))
 
@@ -58,6 +60,11 @@ FEATURES: dict[str, dict[str, Any]] = {
     "bare": {"access_log": {"enabled": False}},
     "no-metrics": {"access_log": {"enabled": False}, "metrics": {"enabled": False}},
     "default": {},
+    # the access log off and the route's cache on: every request after the first is a hit
+    "cache": {
+        "access_log": {"enabled": False},
+        "routes": [{"prefix": "/api", "upstreams": ["http://127.0.0.1:9"], "cache": {"enabled": True}}],
+    },
 }
 
 
