@@ -1,5 +1,6 @@
-"""How a worker holds memory once it has started: the start-up heap out of the garbage collector's sight, and
-freed body buffers kept for reuse instead of being handed back to the kernel after every response."""
+"""How a worker holds memory once it has started: the start-up heap out of the garbage collector's sight, young
+objects collected less often, and freed body buffers kept for reuse instead of being handed back to the kernel
+after every response."""
 
 from __future__ import annotations
 
@@ -19,9 +20,19 @@ TRIM_THRESHOLD = 64 * 1024 * 1024
 MMAP_THRESHOLD = 4 * 1024 * 1024
 
 
+# Net allocations of tracked objects between young-generation collections (CPython's default: 700). Each
+# exchange in flight holds a few dozen such objects (frames, futures, dicts) for its whole duration, so at 128
+# concurrent exchanges the default threshold ran a collection every few requests, each walking live objects only
+# to promote them: bench.pipeline at 128 connections spent 21 µs a request in the collector, and 185 against 137
+# µs a request in all. Reference cycles still go within ten thousand allocations.
+YOUNG_THRESHOLD = 10_000
+
+
 def settle() -> None:
     """Called once a worker is ready to serve."""
     _freeze_start_up_objects()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
     keep_freed_memory()
 
 

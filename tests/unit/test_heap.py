@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -58,3 +59,14 @@ def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(os, "confstr", no_such_name)
     assert heap.keep_freed_memory() is False
+
+
+def test_a_settled_worker_collects_young_objects_less_often() -> None:
+    saved = gc.get_threshold()
+    try:
+        heap.settle()
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, saved[1], saved[2])
+        assert gc.get_freeze_count() > 0  # what start-up built is out of the collector's sight
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
