@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
+from operator import itemgetter
 from typing import cast
 
 import httpx
@@ -171,7 +172,8 @@ async def _stream_body(
     """Write the head and then the body as it comes (chunked unless a Content-Length was given). The head leaves
     with the first piece of body, and each chunk with its framing, in one system call (writev) each."""
     assert isinstance(body, httpx.AsyncByteStream)
-    chunked = "content-length" not in request.headers
+    # By the raw names, in C: a lookup by key would build httpx's header index for this one question.
+    chunked = b"content-length" not in map(bytes.lower, map(itemgetter(0), request.headers.raw))
     unsent: tuple[bytes, ...] = (head,)
     try:
         async for part in body:
