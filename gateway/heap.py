@@ -18,8 +18,6 @@ TRIM_THRESHOLD = 64 * 1024 * 1024
 # Pieces up to this size come from the heap, where freed ones are reused; larger ones get mappings of their own.
 # Setting the trim threshold stops glibc from raising this one by itself, so it is set too.
 MMAP_THRESHOLD = 4 * 1024 * 1024
-
-
 # Net allocations of tracked objects between young-generation collections (CPython's default: 700). Each
 # exchange in flight holds a few dozen such objects (frames, futures, dicts) for its whole duration, so at 128
 # concurrent exchanges the default threshold ran a collection every few requests, each walking live objects only

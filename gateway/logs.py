@@ -40,7 +40,8 @@ class DeferredQueueHandler(QueueHandler):
 def sole_access_handler(logger: logging.Logger) -> DeferredQueueHandler | None:
     """The gateway's own handler, when it is the only place a record on `logger` could go (no other handler,
     no filter, no propagation): the access log then skips building a LogRecord and the logger's dispatch,
-    a third of its cost on the event loop. Any handler or filter a user adds turns this off at once."""
+    about a fifth of its cost on the event loop (callgrind). Any handler or filter a user adds turns this off
+    at once."""
     handlers = logger.handlers
     if len(handlers) != 1 or logger.filters or logger.propagate or logger.disabled:
         return None
