@@ -312,8 +312,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise self.error
 
     def _read_timed_out(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(_TimedOut())
+        if self._waiter is not None:
+            _expire(self._waiter)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
