@@ -21,18 +21,22 @@ import asyncio
 import functools
 import logging
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httptools
 from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
 from gateway.deadline import Deadline
 from gateway.errors import PROBLEM_TYPE, problem_body
+from gateway.server.cycle import EdgeCycle
 from gateway.server.writes import HeadHoldingTransport
 from settings import LimitsSettings, load_settings
 
@@ -44,6 +48,8 @@ _FRAMING_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", 
 SHUTDOWN_MARGIN = 0.5
 # RFC 9110 section 7.2: Host = uri-host [ ":" port ]; an empty value is allowed.
 _VALID_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
+# The scope's method strings for the usual methods, made once (others are decoded per request).
+_METHODS = {method.encode(): method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None
         self._own_date = self._drop_server_date
         self._idle_deadline = Deadline(self.loop, self.timeout_keep_alive_handler)
+        self._raw_root_path = self.root_path.encode("ascii")
 
     # Connection
 
@@ -241,10 +248,11 @@ class EdgeProtocol(HttpToolsProtocol):
         self._reading_head = False
         if self._head_timer is not None:
             self._cancel_head_timer()
-        refusal = self._framing_problem()
+        version = self.parser.get_http_version()
+        refusal = self._framing_problem(version)
         if refusal is not None:
             self._refuse(refusal)
-        super().on_headers_complete()
+        self._begin_exchange(version)
         if self._has_body:
             self._window_bytes = 0
             self._window_held = False
@@ -254,6 +262,50 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._codings:
             self._codings = []
         self._hosts = []
+
+    def _begin_exchange(self, version: str) -> None:
+        """uvicorn's on_headers_complete, with the edge's response cycle: the scope is completed and the request
+        runs, or waits behind the one in progress (pipelining)."""
+        parser = self.parser
+        scope = cast(dict[str, Any], self.scope)
+        raw_method = parser.get_method()
+        scope["method"] = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        if version != "1.1":
+            scope["http_version"] = version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        url = httptools.parse_url(self.url)
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self._raw_root_path + raw_path
+        scope["query_string"] = url.query or b""
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app: ASGI3Application = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+        running = self.cycle
+        self.cycle = EdgeCycle(
+            scope,
+            self.transport,
+            self.flow,
+            self.logger,
+            self.access_logger,
+            self.access_log,
+            self.server_state.default_headers,
+            self.expect_100_continue,
+            version != "1.0" and parser.should_keep_alive(),
+            self.on_response_complete,
+        )
+        if running is None or running.response_complete:
+            self._start_asgi_task(self.cycle, app)
+        else:
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, app))
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -268,8 +320,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # Checks
 
-    def _framing_problem(self) -> Refusal | None:
-        version = self.parser.get_http_version()
+    def _framing_problem(self, version: str) -> Refusal | None:
         if version != "1.1" and version != "1.0":
             return BAD_VERSION
         hosts = self._hosts

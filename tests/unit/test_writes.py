@@ -13,7 +13,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
-from gateway.server import EdgeProtocol, GatewayConfig
+from gateway.server import EdgeProtocol, GatewayConfig, cycle
 from settings import LimitsSettings
 from tests.conftest import cyclic_garbage
 
@@ -153,6 +153,9 @@ HEADS: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = {
     "not modified": (304, [(b"etag", b'"v1"'), (b"content-length", b"10")], b""),
     "a tab in a value": (200, [(b"x-note", b"a\tb"), (b"content-length", b"0")], b""),
     "no fields at all": (200, [], b""),
+    "names in capitals": (200, [(b"Content-Type", b"text/plain"), (b"Content-Length", b"2")], b"ok"),
+    "bytes past ASCII in a value": (200, [(b"x-note", b"caf\xc3\xa9"), (b"content-length", b"0")], b""),
+    "a long head": (200, [(b"x-field-%d" % index, b"v" * 200) for index in range(40)], b"ok"),
 }
 
 
@@ -195,6 +198,7 @@ async def test_responses_are_written_byte_for_byte_as_uvicorn_writes_them(case: 
         (b"x-control", b"a\x1bb"),
         (b"x-delete", b"a\x7fb"),
         (b"bad name", b"v"),
+        (b"", b"v"),  # uvicorn writes ": v", a line with no name
         (b"x-split\r\nset-cookie", b"stolen=1"),
     ],
 )
@@ -208,3 +212,22 @@ async def test_a_head_with_a_field_that_could_split_it_is_never_written(field: t
     protocol.data_received(GET)
     await turns()
     assert transport.writes == [] and transport.closed
+
+
+async def test_the_remembered_field_names_stay_bounded() -> None:
+    """Each field name is checked once and remembered: an upstream sending ever new names cannot grow that."""
+    served = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal served
+        served += 1
+        headers = [(b"X-Odd-%d-%d" % (served, index), b"v") for index in range(50)] + [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol, transport = connect(app)
+    for _ in range(40):
+        protocol.data_received(GET)
+        await turns()
+    assert len(transport.writes) == 40 and b"\r\nx-odd-40-49: v\r\n" in transport.writes[-1]
+    assert len(cycle._CHECKED_NAMES) <= cycle._CHECKED_NAMES_LIMIT
