@@ -308,7 +308,9 @@ class EdgeProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((self.cycle, app))
 
     def on_body(self, body: bytes) -> None:
-        super().on_body(body)
+        cycle = cast(EdgeCycle, self.cycle)
+        if not cycle.response_complete and not (self.parser.should_upgrade() and self._should_upgrade()):
+            cycle.add_body(body)
         self._window_bytes += len(body)
         if self.flow.read_paused:
             self._window_held = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -166,6 +167,19 @@ def test_expect_100_continue() -> None:
     assert final.startswith(b"HTTP/1.1 200")
     assert upstream.requests[0].body == b"hello"
     assert upstream.requests[0].header(b"expect") == []
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_large_upload_reaches_the_upstream_byte_for_byte(upstream: ScriptedServer, framing: str) -> None:
+    """3 MiB in many reads: the pieces the parser hands over reach the upstream whole and in order."""
+    data = random.Random(7).randbytes(3 * 1024 * 1024)
+    pieces = [data[start : start + 100_000] for start in range(0, len(data), 100_000)]
+    content: bytes | Iterator[bytes] = data if framing == "content-length" else iter(pieces)
+    with gateway({"prefix": "/", "upstreams": [upstream.url], "max_body_bytes": None}) as url:
+        response = httpx.post(url + "/upload", content=content, timeout=30)
+    assert response.status_code == 200
+    received = upstream.requests[-1]
+    assert len(received.body) == len(data) and received.body == data
 
 
 def test_static_route_serves_files_and_refuses_escapes(tmp_path: Any) -> None:
