@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,10 +23,11 @@ class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it settles the id and wraps send, then hands back the next app's awaitable (one
+        # coroutine frame less per exchange).
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         request_id = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -43,4 +45,4 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        return self.app(scope, receive, send_with_id)
