@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, STATUS_LINE, RequestResponseCycle
@@ -43,6 +43,40 @@ def _checked_name(name: bytes) -> bytes:
     if len(_CHECKED_NAMES) < _CHECKED_NAMES_LIMIT:
         _CHECKED_NAMES[name] = lowered
     return lowered
+
+
+class MessageEvent:
+    """`asyncio.Event` (the part a cycle uses), as a flag until something waits on it.
+
+    uvicorn makes an Event per request, and an Event allocates a waiter deque (~1.5 KB with its object): most
+    requests carry no body, and nothing ever waits on theirs. The real Event is made at the first wait.
+    """
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: asyncio.Event | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        if self._event is not None:
+            self._event.set()
+
+    def clear(self) -> None:
+        self._flag = False
+        if self._event is not None:
+            self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> bool:
+        if self._flag:
+            return True
+        if self._event is None:
+            self._event = asyncio.Event()
+        return await self._event.wait()
 
 
 class EdgeCycle(RequestResponseCycle):
@@ -67,7 +101,7 @@ class EdgeCycle(RequestResponseCycle):
         self.access_logger = access_logger
         self.access_log = access_log
         self.default_headers = default_headers
-        self.message_event = asyncio.Event()
+        self.message_event = cast(asyncio.Event, MessageEvent())
         self.on_response = on_response
         self.disconnected = False
         self.keep_alive = keep_alive

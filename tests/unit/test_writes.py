@@ -231,3 +231,30 @@ async def test_the_remembered_field_names_stay_bounded() -> None:
         await turns()
     assert len(transport.writes) == 40 and b"\r\nx-odd-40-49: v\r\n" in transport.writes[-1]
     assert len(cycle._CHECKED_NAMES) <= cycle._CHECKED_NAMES_LIMIT
+
+
+async def test_the_message_event_behaves_as_an_asyncio_event() -> None:
+    """The cycle's event is a flag until something waits: set before a wait, waiters woken by set, clear."""
+    event = cycle.MessageEvent()
+    event.set()
+    assert event.is_set() and await asyncio.wait_for(event.wait(), 1)
+    event.clear()
+    assert not event.is_set()
+    woken: list[int] = []
+
+    async def waiter(number: int) -> None:
+        await event.wait()
+        woken.append(number)
+
+    waiters = [asyncio.ensure_future(waiter(number)) for number in range(2)]
+    await turns()
+    assert woken == []  # cleared: nobody passes
+    event.set()
+    await asyncio.wait_for(asyncio.gather(*waiters), 1)
+    assert sorted(woken) == [0, 1]
+    event.clear()
+    late = asyncio.ensure_future(event.wait())
+    await turns()
+    assert not late.done()  # a wait after clear() blocks again, on the event made at the first wait
+    event.set()
+    assert await asyncio.wait_for(late, 1)
