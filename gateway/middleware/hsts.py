@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -12,17 +14,17 @@ class HSTSMiddleware:
         self.app = app
         self._header = (b"strict-transport-security", b"max-age=%d" % max_age)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not coroutines: both hand back the next awaitable, as the request-id middleware does.
         if scope["type"] != "http" or scope.get("scheme") != "https":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
 
-        async def send_with_hsts(message: Message) -> None:
+        def send_with_hsts(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == self._header[0] for name, _ in headers):
                     headers.append(self._header)
                 message = {**message, "headers": headers}
-            await send(message)
+            return send(message)
 
-        await self.app(scope, receive, send_with_hsts)
+        return self.app(scope, receive, send_with_hsts)

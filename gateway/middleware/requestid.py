@@ -40,9 +40,9 @@ class RequestIdMiddleware:
         scope[keys.REQUEST_ID] = request_id
         id_header = (b"x-request-id", request_id.encode("latin-1"))
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:  # hands back send's awaitable, as __call__ does
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 message["headers"] = [*message.get("headers", ()), id_header]
-            await send(message)
+            return send(message)
 
         return self.app(scope, receive, send_with_id)
