@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.cache.policy import Header, first, http_date
+from gateway.cache.policy import first, http_date
+from gateway.headers import Header
 
 UNSATISFIABLE = (-1, -1)
 
