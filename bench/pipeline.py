@@ -2,13 +2,15 @@
 request, the app runs its middleware and relays through the shared client and RelayTransport, and the
 answer is written back, all on uvloop, over in-memory transports.
 
-    python -m bench.pipeline [--requests 20000] [--rounds 5] [--features bare,default] [--body BYTES]
+    python -m bench.pipeline [--requests 20000] [--rounds 5] [--features bare,default] [--body BYTES] [--upload BYTES]
 
 The access log (in `default`) is written to /dev/null by its usual thread, whose CPU counts too. What it
 leaves out is the kernel (socket reads and writes, epoll), so it is the steady, low-noise figure to
 compare code changes by; `python -m bench.run` is the one under real load. Interleaved rounds, median shown.
 `--body` sets the size of the upstream's response body (18 bytes by default); a larger one reaches the gateway
-in pieces of READ_SIZE, each in its own loop turn, as uvloop reads a socket.
+in pieces of READ_SIZE, each in its own loop turn, as uvloop reads a socket. `--upload` makes every request a
+POST with a body of that many bytes, arriving with its head in one read (as `strace` shows for wrk's 64 KiB
+POST).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import email.utils
 import os
+import re
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,6 +43,11 @@ REQUEST = (
     b"Accept: application/json\r\nAccept-Language: en-GB,en;q=0.9\r\nAccept-Encoding: gzip, deflate, br\r\n"
     b"Cookie: session=abcdef0123456789\r\nConnection: keep-alive\r\n\r\n"
 )
+UPLOAD_HEAD = (
+    b"POST /api/upload HTTP/1.1\r\nHost: gateway.example\r\nUser-Agent: wrk\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+)
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: (\d+)\r\n", re.IGNORECASE)
 BODY_END = b"hello from origin\n"  # how every body ends, so that a client sees where an answer ends
 READ_SIZE = 256_000  # what uvloop reads from a socket at most
 
@@ -71,19 +79,30 @@ FEATURES: dict[str, dict[str, Any]] = {
 
 
 class EchoingUpstream(MemoryTransport):
-    """An upstream connection that answers each complete request head at once (from the next loop turn on,
-    a piece per turn)."""
+    """An upstream connection that answers each complete request (its head, then its Content-Length body) at
+    once (from the next loop turn on, a piece per turn)."""
 
     def __init__(self, protocol: UpstreamConnection, response: tuple[bytes, ...]) -> None:
         super().__init__()
         self._protocol = protocol
         self._response = response
         self._loop = asyncio.get_running_loop()
+        self._body_left: int | None = None  # None: waiting for a request head
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         super().write(data)
-        if bytes(data).endswith(b"\r\n\r\n"):
+        if self._body_left is None:
+            declared = _CONTENT_LENGTH.search(data)  # the relay writes a head as a piece of its own
+            self._body_left = int(declared.group(1)) if declared else 0
+        else:
+            self._body_left -= len(data)
+        if self._body_left == 0:
+            self._body_left = None
             self._loop.call_soon(self._answer, 0)
+
+    def writelines(self, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+        for part in parts:  # as uvloop does (one writev): asyncio's default would join them first, a copy
+            self.write(part)
 
     def _answer(self, index: int) -> None:
         self._protocol.data_received(self._response[index])
@@ -107,9 +126,10 @@ class LoopingClient(MemoryTransport):
     """One keep-alive client connection: sends the next request as soon as the answer to the last one is
     written, until its share is done."""
 
-    def __init__(self, requests: int, done: asyncio.Future[None], remaining: list[int]) -> None:
+    def __init__(self, request: bytes, requests: int, done: asyncio.Future[None], remaining: list[int]) -> None:
         super().__init__()
         self.protocol: EdgeProtocol | None = None
+        self._request = request
         self._left = requests
         self._done = done
         self._remaining = remaining
@@ -132,30 +152,30 @@ class LoopingClient(MemoryTransport):
 
     def send_request(self) -> None:
         assert self.protocol is not None
-        self.protocol.data_received(REQUEST)
+        self.protocol.data_received(self._request)
 
 
-async def per_request_us(settings: GatewaySettings, requests: int, connections: int) -> float:
+async def per_request_us(settings: GatewaySettings, requests: int, connections: int, request: bytes = REQUEST) -> float:
     """CPU seconds (user + system) of the process per request, with `connections` clients at once."""
     app = create_app(settings)
     lifespan = Lifespan(app)
     await lifespan.start()
     config = GatewayConfig(app, limits=settings.limits, **server_options(settings))  # as `python -m gateway` serves
     config.load()
-    await _drive(config, 20, connections)  # warm-up: upstream connections, caches
+    await _drive(config, 20, connections, request)  # warm-up: upstream connections, caches
     started = time.process_time()
-    await _drive(config, requests // connections, connections)
+    await _drive(config, requests // connections, connections, request)
     elapsed = time.process_time() - started
     await lifespan.stop()
     return elapsed / (requests // connections * connections) * 1e6
 
 
-async def _drive(config: GatewayConfig, each: int, connections: int) -> None:
+async def _drive(config: GatewayConfig, each: int, connections: int, request: bytes = REQUEST) -> None:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     remaining = [connections]
     clients = []
     for _ in range(connections):
-        client = LoopingClient(each, done, remaining)
+        client = LoopingClient(request, each, done, remaining)
         client.protocol = EdgeProtocol(config, ServerState(), {})
         client.protocol.connection_made(client)
         clients.append(client)
@@ -197,7 +217,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--features", default="bare,default", help=f"comma-separated, of {', '.join(FEATURES)}")
     parser.add_argument("--body", type=int, default=18, help="bytes in the upstream's response body")
+    parser.add_argument("--upload", type=int, default=0, help="bytes in each request's body (a POST); 0: a GET")
     args = parser.parse_args()
+    request = UPLOAD_HEAD % args.upload + b"u" * args.upload if args.upload else REQUEST
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         configure_logging("warning", AccessLogSettings())  # the access log's writer thread writes to /dev/null
     chosen = {
@@ -207,10 +229,12 @@ def main() -> None:
     with mock.patch.object(OriginPool, "_open", memory_opener(upstream_response(args.body))):
         for _ in range(args.rounds):
             for name, settings in chosen.items():
-                results[name].append(uvloop.run(per_request_us(settings, args.requests, args.connections)))
+                results[name].append(uvloop.run(per_request_us(settings, args.requests, args.connections, request)))
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')}  in-process, {args.connections} connections, "
-        f"{args.requests} requests x {args.rounds} rounds, {args.body}-byte bodies, median CPU per request"
+        f"{args.requests} requests x {args.rounds} rounds, {args.body}-byte bodies"
+        + (f", {args.upload}-byte uploads" if args.upload else "")
+        + ", median CPU per request"
     )
     for name, values in results.items():
         print(f"{name:<12}{statistics.median(values):>8.1f} µs/request  (min {min(values):.1f})")
