@@ -331,7 +331,7 @@ class ProxyEndpoint:
         )
         body: httpx.AsyncByteStream | httpx.ByteStream
         if chunked or declared_length:
-            body = RequestBody(self._request_body(exchange))
+            body = RequestBody(exchange, self._max_body)
             if chunked:
                 upstream_headers.append((b"transfer-encoding", b"chunked"))
         else:
@@ -346,33 +346,39 @@ class ProxyEndpoint:
             {"timeout": self._timeouts, **self._tls_extension},
         )
 
-    async def _request_body(self, exchange: Exchange) -> AsyncIterator[bytes]:
-        """Stream the client's body upstream, enforcing `max_body_bytes` as it arrives (chunked too)."""
-        received = 0
-        more_body = True
-        while more_body:
+
+class RequestBody(httpx.AsyncByteStream):
+    """The client's body on its way upstream, `max_body_bytes` enforced as it arrives (chunked too).
+
+    An iterator of its own, not an async generator: asyncio enters every async generator in a WeakSet and
+    arranges its finalisation, work an upload does not need.
+    """
+
+    def __init__(self, exchange: Exchange, max_body: int | None) -> None:
+        self._exchange = exchange
+        self._max_body = max_body
+        self._received = 0
+        self._more_body = True
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        exchange = self._exchange
+        while self._more_body:
             message = await exchange.receive()
             exchange.body_started = True
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk: bytes = message.get("body", b"")
-            more_body = message.get("more_body", False)
-            received += len(chunk)
-            if self._max_body is not None and received > self._max_body:
+            self._more_body = message.get("more_body", False)
+            self._received += len(chunk)
+            if self._max_body is not None and self._received > self._max_body:
                 raise BodyTooLarge
             if chunk:
-                yield chunk
+                return chunk
         exchange.watch_for_disconnect()
-
-
-class RequestBody(httpx.AsyncByteStream):
-    """The client's body on its way upstream."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks
+        raise StopAsyncIteration
 
 
 _NO_BODY = httpx.ByteStream(b"")

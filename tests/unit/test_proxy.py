@@ -265,11 +265,15 @@ async def test_a_refused_target_never_reaches_the_upstream(upstream: respx.MockR
     assert route.call_count == 0
 
 
-def _slow_upstream_app() -> tuple[Any, asyncio.Event, asyncio.Event]:
-    """An app whose upstream answers only after 30 s, with events for "asked" and "cancelled"."""
+def _slow_upstream_app(bodies: list[bytes] | None = None) -> tuple[Any, asyncio.Event, asyncio.Event]:
+    """An app whose upstream reads the request body (into `bodies`), then answers only after 30 s, with events
+    for "asked" and "cancelled"."""
     asked, cancelled = asyncio.Event(), asyncio.Event()
 
     async def slow(request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        if bodies is not None:
+            bodies.append(body)
         asked.set()
         try:
             await asyncio.sleep(30)
@@ -326,6 +330,33 @@ async def test_the_edge_protocol_says_at_once_when_the_client_is_gone() -> None:
     await asyncio.wait_for(exchange, 5)
     assert cancelled.is_set() and scope[keys.REASON] == "client_closed"
     assert watch[-1] is None  # the exchange is over: nothing left registered on the connection
+
+
+async def test_after_an_upload_the_edge_protocol_can_still_cancel_the_exchange() -> None:
+    """The callback is handed over once the whole body has gone upstream, for a body in pieces too."""
+    bodies: list[bytes] = []
+    app, asked, cancelled = _slow_upstream_app(bodies)
+    watch: list[Any] = []
+    headers = [(b"host", b"gw.test"), (b"content-length", b"6")]
+    scope = {**_scope("/api/slow"), "method": "POST", "headers": headers, keys.ON_CLIENT_GONE: watch.append}
+    pieces = [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.request", "body": b"def", "more_body": False},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        if pieces:
+            return pieces.pop(0)
+        await asyncio.Event().wait()  # never a disconnect message: only the callback can tell
+        raise AssertionError("unreachable")
+
+    exchange = asyncio.create_task(app(scope, receive, _ignore))
+    await asyncio.wait_for(asked.wait(), 5)
+    assert bodies == [b"abcdef"]
+    assert len(watch) == 1 and callable(watch[0])
+    watch[0]()
+    await asyncio.wait_for(exchange, 5)
+    assert cancelled.is_set() and scope[keys.REASON] == "client_closed"
 
 
 async def test_under_another_server_a_disconnect_message_cancels_the_exchange() -> None:
