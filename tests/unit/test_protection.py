@@ -11,9 +11,10 @@ import pytest
 import respx
 
 from gateway import create_app
+from gateway import scope as keys
 from gateway.logs import AccessFormatter
 from gateway.middleware import accesslog
-from gateway.middleware.accesslog import AccessRecord
+from gateway.middleware.accesslog import AccessLogMiddleware, AccessRecord
 from gateway.middleware.accesslog import logger as access_logger
 from settings import SettingsError
 from tests.conftest import settings_with
@@ -145,6 +146,27 @@ async def test_access_log_records_every_exchange(upstream: respx.MockRouter, cap
     assert "s3cret" not in json.dumps(records)
     assert (missing["status"], missing["reason"]) == (404, "no_route")
     assert (blocked["status"], blocked["reason"], blocked["client_ip"]) == (403, "ip_filter", "198.51.100.1")
+
+
+@pytest.mark.parametrize(("complete", "logged"), [(True, 200), (False, 499)])
+async def test_a_client_that_left_is_logged_499_only_if_the_response_was_not_complete(
+    complete: bool, logged: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As nginx logs it: a client gone after the last byte of the answer still got that answer."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": not complete})
+        scope[keys.REASON] = "client_closed"  # what the relay notes when it sees the client leave
+
+    async def ignore(message: Any) -> None:
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "query_string": b"", "headers": []}
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await AccessLogMiddleware(app)(scope, ignore, ignore)
+    [record] = [record.msg for record in caplog.records if record.name == "gateway.access"]
+    assert (record["status"], record["bytes_out"], record["reason"]) == (logged, 2, "client_closed")
 
 
 async def test_a_route_can_keep_out_of_the_access_log(
