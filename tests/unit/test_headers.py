@@ -37,6 +37,17 @@ def test_hop_by_hop_and_connection_named_request_headers_are_dropped() -> None:
     ]
 
 
+def test_a_connection_header_naming_host_cannot_take_the_host_away() -> None:
+    """With preserve_host the client's Host goes upstream; `Connection: host` must not drop it, or the upstream
+    would get an HTTP/1.1 request without the Host it requires (RFC 9112 3.2)."""
+    incoming = [(b"host", b"example.test"), (b"connection", b"host, x-hop"), (b"x-hop", b"1"), (b"accept", b"*/*")]
+    result = upstream_request_headers(incoming, forwarded(), host=None)
+    assert [(name, value) for name, value in result if name in (b"host", b"x-hop", b"accept")] == [
+        (b"host", b"example.test"),
+        (b"accept", b"*/*"),
+    ]
+
+
 def test_forwarding_headers_from_an_untrusted_peer_are_replaced() -> None:
     incoming = [
         (b"host", b"example.test"),
