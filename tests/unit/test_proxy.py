@@ -265,6 +265,19 @@ async def test_a_refused_target_never_reaches_the_upstream(upstream: respx.MockR
     assert route.call_count == 0
 
 
+@pytest.mark.parametrize("length", ["+2", "2_0", " 2"])
+async def test_a_content_length_that_only_python_reads_as_a_number_gets_400(
+    upstream: respx.MockRouter, length: str
+) -> None:
+    """Under a server that lets such a length through (the edge protocol refuses it itself), the relay refuses it
+    rather than forward a framing that int() and the upstream may read differently."""
+    route = upstream.route().respond(200)
+    async with build(upstream) as client:
+        response = await client.post("/api/x", content=b"12", headers={"Content-Length": length})
+    assert response.status_code == 400
+    assert route.call_count == 0
+
+
 def _slow_upstream_app(bodies: list[bytes] | None = None) -> tuple[Any, asyncio.Event, asyncio.Event]:
     """An app whose upstream reads the request body (into `bodies`), then answers only after 30 s, with events
     for "asked" and "cancelled"."""
