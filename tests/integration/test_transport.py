@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -71,6 +72,25 @@ async def test_head_responses_end_after_the_headers() -> None:
             second = await asyncio.wait_for(http.head(upstream.url), 10)
     assert first.headers["content-length"] == "1000" and first.content == b""
     assert second.status_code == 200
+
+
+async def test_an_empty_piece_of_a_streamed_body_does_not_end_it() -> None:
+    """A chunked upload whose stream yields b"" mid-way: written as is, that piece would be the last-chunk marker
+    and the rest would reach the upstream as a request of its own."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in (b"abc", b"", b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"):
+            yield piece
+
+    with scripted_upstream() as upstream:
+        async with client() as http:
+            response = await http.post(upstream.url + "/upload", content=pieces())
+            again = await http.get(upstream.url + "/next")
+    assert response.text == "POST /upload" and again.text == "GET /next"
+    assert [(request.method, request.body) for request in upstream.requests] == [
+        ("POST", b"abcGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("GET", b""),
+    ]
 
 
 async def test_header_injection_is_refused_before_anything_is_sent() -> None:
