@@ -214,6 +214,19 @@ async def test_a_head_with_a_field_that_could_split_it_is_never_written(field: t
     assert transport.writes == [] and transport.closed
 
 
+async def test_a_body_longer_than_its_content_length_is_never_written() -> None:
+    """The bytes past the declared length would reach the client as the start of another response."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"okHTTP/1.1 200 OK\r\nX-Smuggled: 1\r\n\r\n"})
+
+    protocol, transport = connect(app)
+    protocol.data_received(GET)
+    await turns()
+    assert b"X-Smuggled" not in b"".join(transport.writes) and transport.closed
+
+
 async def test_the_remembered_field_names_stay_bounded() -> None:
     """Each field name is checked once and remembered: an upstream sending ever new names cannot grow that."""
     served = 0
