@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 from starlette.applications import Starlette
@@ -76,7 +77,7 @@ def create_app(
     """
     runtime = Runtime(settings_source, transport, middleware)
     generation = runtime.build(settings or load_settings())
-    app = Starlette(
+    app = GatewayApp(
         routes=generation.routes,
         middleware=generation.chain,
         exception_handlers={500: _internal_error},
@@ -90,6 +91,29 @@ def create_app(
         raise SettingsError([f"middleware: {exc}"]) from None
     runtime.attach(app, generation)
     return app
+
+
+# The gateway's own middleware, which all let a splice message (gateway.splice) through to the server.
+SPLICE_AWARE = frozenset(
+    {
+        HSTSMiddleware,
+        RequestIdMiddleware,
+        ClientIPMiddleware,
+        AccessLogMiddleware,
+        IPFilterMiddleware,
+        RateLimitMiddleware,
+        GatewayRouter,
+    }
+)
+
+
+class GatewayApp(Starlette):
+    """The gateway's Starlette app, which the edge server asks whether it may offer splicing."""
+
+    def accepts_splice(self) -> bool:
+        """True while the app's middleware are all the gateway's own: one added by settings, by `create_app`'s
+        `middleware` or by `add_middleware` might not know the splice message (GZip would drop it)."""
+        return all(cast(object, entry.cls) in SPLICE_AWARE for entry in self.user_middleware)
 
 
 @dataclass
@@ -161,10 +185,11 @@ class Runtime:
         tls = upstream_tls(settings.client)
         resolver = ClientIPResolver(settings.proxy.trusted_proxies)
         limits = settings.rate_limit
+        splice = settings.server.splice
         table = RouteTable(
             {
                 route.prefix: _route_stack(
-                    route, index, client, resolver, store, limits, pools.get(route.prefix), tls, cache
+                    route, index, client, resolver, store, limits, pools.get(route.prefix), tls, cache, splice
                 )
                 for index, route in enumerate(settings.routes)
             }
@@ -392,9 +417,11 @@ def _route_stack(
     pool: UpstreamPool | None,
     tls: ssl.SSLContext,
     cache: CacheStore | None,
+    splice: bool,
 ) -> ASGIApp:
     """The route's endpoint inside its own IP filter, rate limits, user middleware and cache (outermost first:
-    the cache answers only what the route's filters and authentication let through)."""
+    the cache answers only what the route's filters and authentication let through). Its bodies may be spliced
+    (`splice`) unless a user middleware or the cache needs to see them."""
     endpoint: ASGIApp
     if route.static_dir is not None:
         endpoint = StaticEndpoint(route.prefix, route.static_dir)
@@ -402,7 +429,9 @@ def _route_stack(
         assert pool is not None
         if route.upstream_tls is not None:
             tls = upstream_tls(route.upstream_tls)
-        endpoint = ProxyEndpoint(route, client, resolver, pool, RetryPolicy(route.balancing.retries), tls)
+        retries = RetryPolicy(route.balancing.retries)
+        splice = splice and not route.middleware and not route.cache.enabled
+        endpoint = ProxyEndpoint(route, client, resolver, pool, retries, tls, splice=splice)
     stack: list[Middleware] = []
     if route.ip_filter.active:
         stack.append(Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))

@@ -12,7 +12,8 @@ from typing import Any, cast
 
 import httpx
 
-from gateway.transport import RelayTransport
+from gateway.transport import RelayTransport, ResponseBody
+from gateway.transport.connection import SplicedBody
 from settings import ClientSettings, UpstreamTlsSettings
 
 _httpx_logger = logging.getLogger("httpx")
@@ -149,6 +150,10 @@ class TimedStream(httpx.AsyncByteStream):
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._stream.__aiter__()  # the transport's own iterator: no generator in between, per piece
+
+    def splice_source(self) -> SplicedBody | None:
+        """The rest of the body for splice(2) (gateway.splice), when the transport's stream can hand it over."""
+        return self._stream.splice_source() if isinstance(self._stream, ResponseBody) else None
 
     async def aclose(self) -> None:
         response = self._response()

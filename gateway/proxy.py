@@ -14,14 +14,15 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from gateway import scope as keys
-from gateway.client import close_response
+from gateway.client import TimedStream, close_response
 from gateway.clientip import ClientIPResolver
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
 from gateway.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.paths import strip_segments, url_safe
 from gateway.prebuilt import PairHeaders, prebuilt_request
 from gateway.retries import NOT_SENT, RetryPolicy
-from gateway.transport import COMPLETE_BODY, TLS_CONTEXT
+from gateway.splice import SPLICE_MESSAGE
+from gateway.transport import COMPLETE_BODY, HOLD_FOR_SPLICE, TLS_CONTEXT
 from gateway.upstreams import Upstream, UpstreamPool
 from gateway.websocket import WebSocketRelay
 from settings import RouteSettings
@@ -124,8 +125,13 @@ class ProxyEndpoint:
         pool: UpstreamPool,
         retries: RetryPolicy,
         tls: ssl.SSLContext | None = None,
+        *,
+        splice: bool = False,
     ) -> None:
+        """`splice`: large bodies may be spliced (gateway.splice) where the server offers it: nothing on the route
+        between this endpoint and the server needs to see them."""
         self._client = client
+        self._splice = splice
         self._resolver = resolver
         self._pool = pool
         self._retries = retries
@@ -300,6 +306,8 @@ class ProxyEndpoint:
                 await exchange.send({"type": "http.response.body", "body": complete_body, "more_body": False})
                 return
             if status not in BODYLESS_STATUSES:
+                if self._splice and keys.SPLICE in scope and await _spliced(exchange, response.stream):
+                    return
                 # The raw stream, not aiter_raw(): same bytes and error mapping, and it also relays a body
                 # that a mock transport has already read.
                 body = cast(httpx.AsyncByteStream, response.stream)
@@ -337,13 +345,12 @@ class ProxyEndpoint:
         else:
             body = _NO_BODY
             exchange.watch_for_disconnect()
+        extensions: dict[str, object] = {"timeout": self._timeouts, **self._tls_extension}
+        if self._splice and keys.SPLICE in scope:
+            extensions[HOLD_FOR_SPLICE] = True  # _respond offers a long body to splice(2)
         # Headers and framing are complete, so httpx is handed the stream as is (no re-encoding).
         return prebuilt_request(
-            scope["method"],
-            upstream.url_for(url_safe(target)),
-            PairHeaders(upstream_headers),
-            body,
-            {"timeout": self._timeouts, **self._tls_extension},
+            scope["method"], upstream.url_for(url_safe(target)), PairHeaders(upstream_headers), body, extensions
         )
 
 
@@ -382,6 +389,17 @@ class RequestBody(httpx.AsyncByteStream):
 
 
 _NO_BODY = httpx.ByteStream(b"")
+
+
+async def _spliced(exchange: Exchange, body: object) -> bool:
+    """Relay the rest of the body by splice(2) if the transport can hand it over; whether it went that way."""
+    source = body.splice_source() if isinstance(body, TimedStream) else None
+    if source is None:
+        return False
+    for piece in source.received:
+        await exchange.send({"type": "http.response.body", "body": piece, "more_body": True})
+    await exchange.send({"type": SPLICE_MESSAGE, "source": source, "count": source.count})
+    return True
 
 
 _FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})

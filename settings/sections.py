@@ -33,6 +33,14 @@ class ServerSettings(BaseModel):
         False,
         description="Reload when the `GATEWAY_CONFIG` file changes (checked every second; one worker). Default false.",
     )
+    splice: bool = Field(
+        True,
+        description=(
+            "Move large response bodies (64 KiB or more left) from the upstream's socket to the client's inside the "
+            "kernel (Linux splice), as HAProxy's `option splice-response`; only over plain TCP on both sides, and "
+            "on routes without user middleware or cache. Default true."
+        ),
+    )
 
 
 class ProxySettings(BaseModel):

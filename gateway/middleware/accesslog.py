@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import scope as keys
 from gateway.logs import sole_access_handler
 from gateway.metrics import GatewayMetrics
+from gateway.splice import SPLICE_MESSAGE
 
 logger = logging.getLogger("gateway.access")
 
@@ -67,6 +68,8 @@ class AccessLogMiddleware:
                 counts["out"] += len(message.get("body", b""))
                 if not message.get("more_body", False):
                     counts["complete"] = 1
+            elif message["type"] == SPLICE_MESSAGE:
+                return _count_spliced(send(message), message, counts)
             return send(message)
 
         return self._observed(scope, counting_receive, counting_send, counts, timings, started)
@@ -136,6 +139,15 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
         finally:
             self._finish(scope, counts, timings, started)
+
+
+async def _count_spliced(sending: Awaitable[None], message: Message, counts: dict[str, int]) -> None:
+    """A spliced body counts what the server delivered (`sent`), known only once it is done or cut short."""
+    try:
+        await sending
+    finally:
+        counts["out"] += message.get("sent", 0)
+        counts["complete"] = int(message.get("sent", 0) == message["count"])
 
 
 def _payload_size(message: Message) -> int:

@@ -27,6 +27,8 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, STATUS_LINE, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from gateway.splice import SPLICE_MESSAGE, ClientGone, splice_body
+
 # Bytes allowed anywhere in a written head but for the CRLFs that end its lines: all but uvicorn's forbidden
 # value bytes (NUL to BS, LF to US, DEL); names are held to the stricter HEADER_RE on their own.
 _ALLOWED_IN_HEAD = bytes(byte for byte in range(256) if not (byte <= 0x08 or 0x0A <= byte <= 0x1F or byte == 0x7F))
@@ -155,19 +157,59 @@ class EdgeCycle(RequestResponseCycle):
             self.transport.write(self._head(message["status"], message.get("headers", ())))
         elif not self.response_complete:
             if message["type"] != "http.response.body":
+                if message["type"] == SPLICE_MESSAGE:
+                    await self._splice(message)
+                    return
                 raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
             more_body = message.get("more_body", False)
             self._write_body(message.get("body", b""), more_body)
             if not more_body:
                 if self.expected_content_length != 0:
                     raise RuntimeError("Response content shorter than Content-Length")
-                self.response_complete = True
-                self.message_event.set()
-                if not self.keep_alive:
-                    self.transport.close()
-                self.on_response()
+                self._complete()
         else:
             raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+    async def _splice(self, message: Any) -> None:
+        """The rest of a Content-Length body, moved from the upstream's socket by splice(2) (gateway.splice): the
+        connection's writes are flushed first, and nothing else writes on it until the transfer ends."""
+        count = message["count"]
+        if self.chunked_encoding or self._head_request or count != self.expected_content_length:
+            raise RuntimeError("A spliced body must be all that is left of a Content-Length response.")
+        sent = [0]
+        try:
+            await self._drain_all()
+            if self.disconnected:
+                return
+            await splice_body(message["source"], self.transport.get_extra_info("socket").fileno(), count, sent)
+        except ClientGone:
+            self.disconnected = True  # as for a write to a lost connection: the rest is dropped
+            self.transport.close()
+            return
+        finally:
+            message["sent"] = sent[0]
+        self.expected_content_length = 0
+        self._complete()
+
+    async def _drain_all(self) -> None:
+        """Wait until the transport's buffer is empty, not just under its high-water mark."""
+        transport = cast(Any, self.transport)
+        transport.flush()  # a response head held for the body's first write
+        if not transport.get_write_buffer_size():
+            return
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0)  # pauses writing now, resumes once the buffer is empty
+        try:
+            await self.flow.drain()
+        finally:
+            transport.set_write_buffer_limits(high=high, low=low)
 
     def _head(self, status: int, headers: Any) -> bytes:
         content = [STATUS_LINE[status]]

@@ -29,11 +29,13 @@ from typing import Any, cast
 import httptools
 from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
+from gateway import splice
 from gateway.deadline import Deadline
 from gateway.errors import PROBLEM_TYPE, problem_body
 from gateway.server.cycle import EdgeCycle
@@ -121,6 +123,7 @@ class EdgeProtocol(HttpToolsProtocol):
         # The cycle whose task runs: uvicorn's `self.cycle` is already the next one when requests are pipelined.
         self._running: RequestResponseCycle | None = None
         self._own_date = self._drop_server_date
+        self._offers_splice = False  # set per connection: plain TCP, and an app that lets the message through
         self._idle_deadline = Deadline(self.loop, self.timeout_keep_alive_handler)
         self._raw_root_path = self.root_path.encode("ascii")
 
@@ -132,6 +135,12 @@ class EdgeProtocol(HttpToolsProtocol):
         self._writer = HeadHoldingTransport(transport, self.loop)
         super().connection_made(cast(asyncio.Transport, self._writer))
         self._arm_head_timer()
+        self._offers_splice = (
+            splice.AVAILABLE
+            and transport.get_extra_info("sslcontext") is None
+            and transport.get_extra_info("socket") is not None
+            and _accepts_splice(self.app)
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -183,6 +192,8 @@ class EdgeProtocol(HttpToolsProtocol):
         scope = cast(dict[str, Any], cycle.scope)
         scope[keys.OWN_DATE] = self._own_date
         scope[keys.ON_CLIENT_GONE] = self._client_watch
+        if self._offers_splice:
+            scope[keys.SPLICE] = True
         super()._start_asgi_task(cycle, app)
 
     def _drop_server_date(self) -> None:
@@ -430,6 +441,16 @@ class EdgeProtocol(HttpToolsProtocol):
     def _cancel_timers(self) -> None:
         self._cancel_head_timer()
         self._cancel_body_timer()
+
+
+def _accepts_splice(app: Any) -> bool:
+    """Whether every middleware between this server and the app's endpoints lets a splice message through:
+    the gateway's app says so of its own (`accepts_splice`); uvicorn's proxy-headers wrapper leaves sends alone.
+    Any other wrapper might not know the message, so none is offered."""
+    while isinstance(app, ProxyHeadersMiddleware):
+        app = app.app
+    accepts = getattr(app, "accepts_splice", None)
+    return callable(accepts) and accepts() is True
 
 
 def _peer(client: tuple[str, int] | None) -> str:

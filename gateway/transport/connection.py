@@ -16,6 +16,7 @@ from typing import cast
 import httptools
 import httpx
 
+from gateway import splice
 from gateway.deadline import Deadline
 
 # Pause reading from the upstream once this much body is buffered and unread by the client side.
@@ -93,6 +94,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.received_any = False
         self.head_only = False
+        self.hold_for_splice = False  # the caller will offer a long body to splice(2): stop reading at its head
+        self._held = False  # reading stopped for that
         self.head_done = False
         self.complete = False
         self.keep_alive = True
@@ -221,6 +224,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.keep_alive = False
         elif self._declared_length is not None and status not in (204, 304):
             self._unparsed = int(self._declared_length)
+            if self.hold_for_splice and self._unparsed >= splice.MIN_SPLICE_BYTES and self.transport is not None:
+                # The rest stays in the socket for splice_source; read_chunk reads on if it is not spliced after all.
+                self.transport.pause_reading()
+                self._held = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -247,10 +254,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the exchange -----------------------------------------------------------------------------
 
-    def start_exchange(self, head_only: bool) -> None:
+    def start_exchange(self, head_only: bool, hold_for_splice: bool = False) -> None:
         self._reset_exchange()
         self.active = True
         self.head_only = head_only
+        self.hold_for_splice = hold_for_splice
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.closed:
@@ -283,11 +291,45 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffered = 0
         return body
 
+    def splice_source(self, timeout: float | None) -> SplicedBody | None:
+        """Hand the rest of a Content-Length body over to splice(2) (gateway.splice), or None when it cannot go that
+        way: a TLS connection, another framing, or too little left to read. Reading stops until it is all spliced."""
+        transport = self.transport
+        if (
+            self._unparsed < splice.MIN_SPLICE_BYTES
+            or self.error is not None
+            or self.closed
+            or transport is None
+            or transport.get_extra_info("sslcontext") is not None
+        ):
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        if not self._held:
+            transport.pause_reading()
+        self._held = False
+        received = list(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return SplicedBody(self, sock.fileno(), received, self._unparsed, timeout)
+
+    def took_spliced(self, count: int) -> None:
+        self._unparsed -= count
+        if not self._unparsed:
+            self._parser = httptools.HttpResponseParser(self)  # as in _take_body: this one still expects the body
+            self.complete = True
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
     async def read_chunk(self, timeout: float | None) -> bytes:
         """The next piece of body, or b"" at its end."""
         while not self._chunks:
             if self.complete:
                 return b""
+            if self._held and self.transport is not None and not self.closed:
+                self._held = False
+                self.transport.resume_reading()
             await self._wait(timeout)
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
@@ -329,3 +371,35 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+class SplicedBody:
+    """The rest of a response body, to be spliced from the upstream's socket (a splice.SpliceSource): `received`
+    holds the pieces that came before, and `count` the bytes still in the socket."""
+
+    def __init__(
+        self, conn: UpstreamConnection, fd: int, received: list[bytes], count: int, timeout: float | None
+    ) -> None:
+        self._conn = conn
+        self._fd = fd
+        self._timeout = timeout
+        self.received = received
+        self.count = count
+
+    def fileno(self) -> int:
+        return self._fd
+
+    async def readable(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await splice.readable(self._conn.loop, self._fd)
+        except TimeoutError:
+            raise httpx.ReadTimeout("upstream did not answer in time") from None
+
+    def took(self, count: int) -> None:
+        self._conn.took_spliced(count)
+
+    def ended_early(self) -> Exception:
+        error = httpx.RemoteProtocolError("upstream closed the connection before the response ended")
+        self._conn._fail(error)
+        return error

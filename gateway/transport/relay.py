@@ -15,7 +15,7 @@ from typing import cast
 import httpx
 
 from gateway.prebuilt import PairHeaders, prebuilt_response
-from gateway.transport.connection import UpstreamConnection
+from gateway.transport.connection import SplicedBody, UpstreamConnection
 from gateway.transport.pool import OriginPool
 
 # Response extension holding the entire body when it arrived together with the head (most small
@@ -23,6 +23,9 @@ from gateway.transport.pool import OriginPool
 COMPLETE_BODY = "gateway.complete_body"
 # Request extension: the SSLContext for this request's upstream, when it is not the transport's own.
 TLS_CONTEXT = "gateway.tls_context"
+# Request extension, true when the caller will offer a long Content-Length body to splice(2) (ResponseBody's
+# splice_source): the transport then leaves it in the socket instead of reading on past the head.
+HOLD_FOR_SPLICE = "gateway.hold_for_splice"
 
 # Safe to send twice (RFC 9110 9.2.2): retried once when a reused connection turns out to be dead.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -56,7 +59,7 @@ class RelayTransport(httpx.AsyncBaseTransport):
         while True:
             conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"))
             try:
-                conn.start_exchange(head_only=request.method == "HEAD")
+                conn.start_exchange(request.method == "HEAD", HOLD_FOR_SPLICE in request.extensions)
                 if replayable:
                     conn.write(head + b"".join(cast(httpx.ByteStream, body)))
                 else:
@@ -138,6 +141,10 @@ class ResponseBody(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.finish()
+
+    def splice_source(self) -> SplicedBody | None:
+        """The rest of the body for splice(2), when it can go that way (UpstreamConnection.splice_source)."""
+        return self._conn.splice_source(self._read_timeout)
 
     def finish(self) -> None:
         """Give the connection back (or close it); idempotent."""
