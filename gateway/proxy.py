@@ -175,7 +175,7 @@ class ProxyEndpoint:
             logger.info("client went away; upstream exchange with %s cancelled", scope.get(keys.UPSTREAM))
         except ClientGone:
             scope.setdefault(keys.REASON, "client_closed")  # or the server's body deadline
-            logger.info("client went away while sending its body to %s", scope.get(keys.UPSTREAM))
+            logger.info("client went away during its exchange with %s", scope.get(keys.UPSTREAM))
         except Exception as exc:
             failure = failure_for(exc)
             if failure is None:

@@ -18,6 +18,8 @@ import fcntl
 import os
 from typing import Protocol
 
+from gateway.errors import ClientGone
+
 SPLICE_MESSAGE = "gateway.response.splice"
 # Bodies with less than this left to read go through Python: below it the pipe and the readiness waits cost more
 # than the two copies they save.
@@ -49,13 +51,10 @@ class SpliceSource(Protocol):
         """The error for an upstream that closed before the whole body came."""
 
 
-class ClientGone(Exception):
-    """The client's connection broke during the transfer."""
-
-
 async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[int]) -> None:
     """Move exactly `count` bytes from `source` to the socket `sink` (both non-blocking), adding what the client
-    was given to `sent[0]` as it goes. Raises the source's errors, or ClientGone."""
+    was given to `sent[0]` as it goes. Raises the source's errors, or ClientGone when the client's connection
+    breaks."""
     reader, writer = _take_pipe()
     loop = asyncio.get_running_loop()
     source_fd = source.fileno()

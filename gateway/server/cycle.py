@@ -27,7 +27,8 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, STATUS_LINE, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from gateway.splice import SPLICE_MESSAGE, ClientGone, splice_body
+from gateway.errors import ClientGone
+from gateway.splice import SPLICE_MESSAGE, splice_body
 
 # Bytes allowed anywhere in a written head but for the CRLFs that end its lines: all but uvicorn's forbidden
 # value bytes (NUL to BS, LF to US, DEL); names are held to the stricter HEADER_RE on their own.
@@ -190,9 +191,9 @@ class EdgeCycle(RequestResponseCycle):
                 return
             await splice_body(message["source"], self.transport.get_extra_info("socket").fileno(), count, sent)
         except ClientGone:
-            self.disconnected = True  # as for a write to a lost connection: the rest is dropped
+            self.disconnected = True
             self.transport.close()
-            return
+            raise  # the app learns of it here, before the server notices the connection is gone
         finally:
             message["sent"] = sent[0]
         self.expected_content_length = 0

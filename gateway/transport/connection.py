@@ -87,6 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._read_deadline = Deadline(self.loop, self._read_timed_out)
+        self._splice_fd: int | None = None
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -111,6 +112,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._splice_fd = sock.fileno()  # plain TCP: bodies can be spliced from this socket
 
     def data_received(self, data: bytes) -> None:
         if not self.active:
@@ -224,9 +228,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.keep_alive = False
         elif self._declared_length is not None and status not in (204, 304):
             self._unparsed = int(self._declared_length)
-            if self.hold_for_splice and self._unparsed >= splice.MIN_SPLICE_BYTES and self.transport is not None:
+            if self.hold_for_splice and self._splice_fd is not None and self._unparsed >= splice.MIN_SPLICE_BYTES:
                 # The rest stays in the socket for splice_source; read_chunk reads on if it is not spliced after all.
-                self.transport.pause_reading()
+                cast(asyncio.Transport, self.transport).pause_reading()
                 self._held = True
         self._wake()
 
@@ -295,16 +299,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Hand the rest of a Content-Length body over to splice(2) (gateway.splice), or None when it cannot go that
         way: a TLS connection, another framing, or too little left to read. Reading stops until it is all spliced."""
         transport = self.transport
-        if (
-            self._unparsed < splice.MIN_SPLICE_BYTES
-            or self.error is not None
-            or self.closed
-            or transport is None
-            or transport.get_extra_info("sslcontext") is not None
-        ):
-            return None
-        sock = transport.get_extra_info("socket")
-        if sock is None:
+        fd = self._splice_fd
+        if fd is None or transport is None or self._unparsed < splice.MIN_SPLICE_BYTES or self.error or self.closed:
             return None
         if not self._held:
             transport.pause_reading()
@@ -312,7 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
         received = list(self._chunks)
         self._chunks.clear()
         self._buffered = 0
-        return SplicedBody(self, sock.fileno(), received, self._unparsed, timeout)
+        return SplicedBody(self, fd, received, self._unparsed, timeout)
 
     def took_spliced(self, count: int) -> None:
         self._unparsed -= count

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.client import create_client
-from gateway.transport import RelayTransport
+from gateway.transport import HOLD_FOR_SPLICE, RelayTransport
 from settings import ClientSettings
 from tests.conftest import cyclic_garbage
 from tests.servers import Received, UpstreamHandler, scripted_upstream
@@ -269,3 +269,20 @@ async def test_the_shared_client_leaves_no_cyclic_garbage() -> None:
                     assert body == f"GET /{index}".encode()
                 del response
     assert left == []
+
+
+async def test_a_body_held_for_splicing_can_still_be_read_as_usual() -> None:
+    """HOLD_FOR_SPLICE leaves a long body in the socket at its head; a caller that reads it instead gets it all."""
+    body = bytes(range(256)) * 1024  # 256 KiB, past the splicing threshold
+
+    def long_body(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.05)  # the head arrives alone, so the whole body is held
+        handler.write(body)
+
+    with scripted_upstream(long_body) as upstream:
+        async with client() as http:
+            request = http.build_request("GET", upstream.url, extensions={HOLD_FOR_SPLICE: True})
+            answers = [await http.send(request) for _ in range(2)]
+    assert [answer.content == body for answer in answers] == [True, True]
+    assert upstream.connections == 1
