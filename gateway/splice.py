@@ -1,6 +1,6 @@
 """Relaying a large response body from the upstream's socket to the client's inside the kernel (Linux splice(2)
 through a pipe), as HAProxy's `option splice-response` does: the bytes never enter Python, which saves the
-two copies a relayed body otherwise costs (kernel to user space, and back) and half of the CPU of a 1 MiB
+two copies a relayed body otherwise costs (kernel to user space, and back) and a third of the CPU of a 1 MiB
 response (bench/RESULTS.md).
 
 The relay offers it and the edge server does it: the app sends one message of type SPLICE_MESSAGE
@@ -21,8 +21,8 @@ from typing import Protocol
 from gateway.errors import ClientGone
 
 SPLICE_MESSAGE = "gateway.response.splice"
-# Bodies with less than this left to read go through Python: below it the pipe and the readiness waits cost more
-# than the two copies they save.
+# Bodies with less than this left to read after their head go through Python, where copying so few bytes costs
+# about what the pipe's extra system calls would: at 64 and 128 KiB the two ways were within this machine's noise.
 MIN_SPLICE_BYTES = 64 * 1024
 AVAILABLE = hasattr(os, "splice")
 
@@ -39,10 +39,9 @@ _idle_pipes: list[tuple[int, int]] = []
 class SpliceSource(Protocol):
     """The upstream side of a spliced body: its socket, and what the relay must learn of the transfer."""
 
-    def fileno(self) -> int: ...
+    read_timeout: float | None  # seconds the upstream may leave the socket empty
 
-    async def readable(self) -> None:
-        """Return once the socket may have bytes; raise the upstream's read timeout if none come in time."""
+    def fileno(self) -> int: ...
 
     def took(self, count: int) -> None:
         """`count` more body bytes left the socket."""
@@ -50,14 +49,23 @@ class SpliceSource(Protocol):
     def ended_early(self) -> Exception:
         """The error for an upstream that closed before the whole body came."""
 
+    def timed_out(self) -> Exception:
+        """The error for an upstream that sent nothing for `read_timeout`."""
+
 
 async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[int]) -> None:
     """Move exactly `count` bytes from `source` to the socket `sink` (both non-blocking), adding what the client
     was given to `sent[0]` as it goes. Raises the source's errors, or ClientGone when the client's connection
-    breaks."""
-    reader, writer = _take_pipe()
+    breaks.
+
+    Both sockets are used through duplicates of their descriptors: if a transport closes its own meanwhile (a
+    lost client, a shutdown), the number cannot be reused for another connection under this transfer, and the
+    event loop refuses to watch a descriptor that one of its transports owns.
+    """
     loop = asyncio.get_running_loop()
-    source_fd = source.fileno()
+    reader, writer = _take_pipe()
+    source_fd = os.dup(source.fileno())
+    sink_fd = os.dup(sink)
     left = count  # still in the upstream's socket
     in_pipe = 0
     try:
@@ -76,7 +84,7 @@ async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[in
                     source.took(taken)
             if in_pipe:
                 try:
-                    given = os.splice(reader, sink, in_pipe, flags=_FLAGS)
+                    given = os.splice(reader, sink_fd, in_pipe, flags=_FLAGS)
                 except BlockingIOError:
                     sink_blocked = True
                 except OSError as exc:
@@ -87,43 +95,40 @@ async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[in
                     in_pipe -= given
                     sent[0] += given
             if sink_blocked:
-                await _writable(loop, sink)
+                await _ready(loop, sink_fd, writing=True)
             elif source_blocked and not in_pipe:
-                await source.readable()
+                if not await _ready(loop, source_fd, writing=False, timeout=source.read_timeout):
+                    raise source.timed_out()
+            else:
+                await asyncio.sleep(0)  # both sides kept up: let other connections have a turn
     finally:
+        os.close(source_fd)
+        os.close(sink_fd)
         _give_back(reader, writer, empty=not in_pipe)
 
 
-async def readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """Wait until `fd` is readable."""
-    await _ready(loop, fd, writing=False)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    await _ready(loop, fd, writing=True)
-
-
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writing: bool) -> None:
-    # A duplicate is watched: the loop refuses to watch an fd that one of its transports owns.
-    duplicate = os.dup(fd)
-    ready: asyncio.Future[None] = loop.create_future()
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writing: bool, timeout: float | None = None) -> bool:
+    """Wait until `fd` can be written (or read); False if `timeout` seconds pass first."""
+    ready: asyncio.Future[bool] = loop.create_future()
+    if writing:
+        loop.add_writer(fd, _settle, ready, True)
+    else:
+        loop.add_reader(fd, _settle, ready, True)
+    timer = loop.call_later(timeout, _settle, ready, False) if timeout is not None else None
     try:
-        if writing:
-            loop.add_writer(duplicate, _settle, ready)
-        else:
-            loop.add_reader(duplicate, _settle, ready)
-        await ready
+        return await ready
     finally:
         if writing:
-            loop.remove_writer(duplicate)
+            loop.remove_writer(fd)
         else:
-            loop.remove_reader(duplicate)
-        os.close(duplicate)
+            loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()
 
 
-def _settle(future: asyncio.Future[None]) -> None:
+def _settle(future: asyncio.Future[bool], result: bool) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(result)
 
 
 def _take_pipe() -> tuple[int, int]:

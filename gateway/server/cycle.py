@@ -187,7 +187,7 @@ class EdgeCycle(RequestResponseCycle):
         sent = [0]
         try:
             await self._drain_all()
-            if self.disconnected:
+            if self.disconnected or self.transport.is_closing():
                 return
             await splice_body(message["source"], self.transport.get_extra_info("socket").fileno(), count, sent)
         except ClientGone:

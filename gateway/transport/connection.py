@@ -254,6 +254,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._unparsed = 0
         self.complete = True
         self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
+        if self._held:  # the whole body came in the head's read after all: read on, for the next exchange
+            self._held = False
+            cast(asyncio.Transport, self.transport).resume_reading()
         self._wake()
 
     # -- the exchange -----------------------------------------------------------------------------
@@ -378,24 +381,22 @@ class SplicedBody:
     ) -> None:
         self._conn = conn
         self._fd = fd
-        self._timeout = timeout
+        self.read_timeout = timeout
         self.received = received
         self.count = count
 
     def fileno(self) -> int:
         return self._fd
 
-    async def readable(self) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await splice.readable(self._conn.loop, self._fd)
-        except TimeoutError:
-            raise httpx.ReadTimeout("upstream did not answer in time") from None
-
     def took(self, count: int) -> None:
         self._conn.took_spliced(count)
 
     def ended_early(self) -> Exception:
-        error = httpx.RemoteProtocolError("upstream closed the connection before the response ended")
+        return self._failed(httpx.RemoteProtocolError("upstream closed the connection before the response ended"))
+
+    def timed_out(self) -> Exception:
+        return self._failed(httpx.ReadTimeout("upstream did not answer in time"))
+
+    def _failed(self, error: Exception) -> Exception:
         self._conn._fail(error)
         return error

@@ -115,6 +115,21 @@ def test_a_long_body_is_spliced_whole_and_both_connections_carry_on(
     assert [(record["status"], record["bytes_out"]) for record in records] == [(200, len(BODY))] * 3
 
 
+def test_a_long_body_that_comes_with_its_head_is_relayed_and_the_upstream_connection_reused(
+    spliced: list[int],
+) -> None:
+    body = BODY[: 2 * MIN_SPLICE_BYTES]
+
+    def at_once(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    with scripted_upstream(at_once) as upstream, gateway(upstream) as url:
+        with httpx.Client(base_url=url, timeout=WAIT) as client:
+            answers = [client.get("/file") for _ in range(3)]
+    assert [(answer.status_code, answer.content == body) for answer in answers] == [(200, True)] * 3
+    assert upstream.connections == 1
+
+
 def test_a_client_that_reads_slowly_gets_the_whole_spliced_body(upstream: ScriptedServer, spliced: list[int]) -> None:
     with gateway(upstream) as url, open_client(url, receive_buffer=4096) as sock:
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
@@ -286,3 +301,54 @@ def test_a_tls_edge_relays_long_bodies_without_splicing(
         answer = httpx.get(url.replace("http://", "https://") + "/file", timeout=WAIT, verify=context)
     assert answer.status_code == 200 and answer.content == BODY
     assert spliced == []
+
+
+class SocketSource:
+    """A SpliceSource over a socket that the test fills."""
+
+    read_timeout = WAIT
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def took(self, count: int) -> None:
+        pass
+
+    def ended_early(self) -> Exception:
+        return ConnectionError("the test's source closed early")
+
+    def timed_out(self) -> Exception:
+        return TimeoutError("the test's source stalled")
+
+
+def test_a_splice_waits_until_what_the_server_buffered_has_left(spliced: list[int]) -> None:
+    """Bytes written before the splice and still in the server's buffer go out first, in order."""
+    buffered_part, spliced_part = BODY * 32, BODY[::-1]
+    source, filler = socket.socketpair()
+    source.setblocking(False)
+
+    class App:
+        def accepts_splice(self) -> bool:
+            return True
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            length = b"%d" % (len(buffered_part) + len(spliced_part))
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+            await send({"type": "http.response.body", "body": buffered_part, "more_body": True})
+            message = {"type": "gateway.response.splice", "source": SocketSource(source), "count": len(spliced_part)}
+            await send(message)
+
+    writer = threading.Thread(target=filler.sendall, args=(spliced_part,), daemon=True)
+    writer.start()
+    with source, filler, serve_app(App(), limits=LimitsSettings()) as url, open_client(url, 4096) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        time.sleep(0.2)  # nothing read meanwhile: most of the first part waits in the server's buffer
+        _, body = read_response(sock, bytearray())
+        writer.join(WAIT)
+    assert body == buffered_part + spliced_part
+    assert spliced == [len(spliced_part)]

@@ -273,16 +273,20 @@ async def test_the_shared_client_leaves_no_cyclic_garbage() -> None:
 
 async def test_a_body_held_for_splicing_can_still_be_read_as_usual() -> None:
     """HOLD_FOR_SPLICE leaves a long body in the socket at its head; a caller that reads it instead gets it all."""
-    body = bytes(range(256)) * 1024  # 256 KiB, past the splicing threshold
+    body = bytes(range(256)) * 400  # 100 KiB, past the splicing threshold and within one read
 
     def long_body(handler: UpstreamHandler, request: Received) -> None:
         handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
         time.sleep(0.05)  # the head arrives alone, so the whole body is held
         handler.write(body)
 
-    with scripted_upstream(long_body) as upstream:
-        async with client() as http:
-            request = http.build_request("GET", upstream.url, extensions={HOLD_FOR_SPLICE: True})
-            answers = [await http.send(request) for _ in range(2)]
-    assert [answer.content == body for answer in answers] == [True, True]
-    assert upstream.connections == 1
+    def whole_at_once(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    for respond in (long_body, whole_at_once):  # held at the head, or not held as it all came in one read
+        with scripted_upstream(respond) as upstream:
+            async with client() as http:
+                request = http.build_request("GET", upstream.url, extensions={HOLD_FOR_SPLICE: True})
+                answers = [await http.send(request) for _ in range(3)]
+        assert [answer.content == body for answer in answers] == [True] * 3
+        assert upstream.connections == 1

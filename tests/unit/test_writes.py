@@ -5,15 +5,20 @@ writes, and no head that a field could split."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import socket
+import threading
+from typing import Any, cast
 
 import pytest
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
 from gateway.server import EdgeProtocol, GatewayConfig, cycle
+from gateway.server.writes import HeadHoldingTransport
 from settings import LimitsSettings
 from tests.conftest import cyclic_garbage
 
@@ -271,3 +276,51 @@ async def test_the_message_event_behaves_as_an_asyncio_event() -> None:
     assert not late.done()  # a wait after clear() blocks again, on the event made at the first wait
     event.set()
     assert await asyncio.wait_for(late, 1)
+
+
+async def test_a_splice_starts_only_once_the_servers_buffer_is_empty() -> None:
+    """A spliced body bypasses the transport: what the transport still holds must have left first."""
+    loop = asyncio.get_running_loop()
+    server_side, client_side = socket.socketpair()
+    flow: list[FlowControl] = []
+
+    class Forwarding(asyncio.Protocol):  # what the edge protocol does with the transport's flow control
+        def pause_writing(self) -> None:
+            flow[0].pause_writing()
+
+        def resume_writing(self) -> None:
+            flow[0].resume_writing()
+
+    raw, _ = await loop.create_connection(Forwarding, sock=server_side)
+    transport = HeadHoldingTransport(raw, loop)
+    flow.append(FlowControl(cast(asyncio.Transport, transport)))
+    limits = raw.get_write_buffer_limits()
+    edge_cycle = cycle.EdgeCycle(
+        {"method": "GET"},
+        transport,
+        flow[0],
+        logging.getLogger("t"),
+        logging.getLogger("t"),
+        False,
+        [],
+        False,
+        True,
+        lambda: None,
+    )
+    written = b"x" * (8 * 1024 * 1024)
+    transport.write(written)  # the peer reads nothing yet: most of it stays in the transport's buffer
+    draining = asyncio.ensure_future(edge_cycle._drain_all())
+    await asyncio.sleep(0.05)
+    assert not draining.done() and raw.get_write_buffer_size() > 0
+    reader = threading.Thread(target=_read_exactly, args=(client_side, len(written)), daemon=True)
+    reader.start()
+    await asyncio.wait_for(draining, 10)
+    assert raw.get_write_buffer_size() == 0 and raw.get_write_buffer_limits() == limits
+    reader.join(10)
+    raw.close()
+    client_side.close()
+
+
+def _read_exactly(sock: socket.socket, count: int) -> None:
+    while count > 0:
+        count -= len(sock.recv(min(count, 1 << 20)))
