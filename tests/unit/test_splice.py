@@ -1,0 +1,115 @@
+"""splice_body on its own, between real loopback TCP connections: exact counts, the errors it tells apart, and
+the pipes it keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from gateway import splice
+from gateway.errors import ClientGone
+
+pytestmark = pytest.mark.anyio
+
+
+class Source:
+    def __init__(self, sock: socket.socket, read_timeout: float | None = 5.0) -> None:
+        self._sock = sock
+        self.read_timeout = read_timeout
+        self.taken = 0
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def took(self, count: int) -> None:
+        self.taken += count
+
+    def ended_early(self) -> Exception:
+        return EOFError("ended early")
+
+    def timed_out(self) -> Exception:
+        return TimeoutError("timed out")
+
+
+@pytest.fixture
+def pairs() -> Iterator[tuple[socket.socket, socket.socket, socket.socket, socket.socket]]:
+    """(upstream's end, gateway's source end, gateway's sink end, client's end), all on 127.0.0.1."""
+    upstream, source = _tcp_pair()
+    sink, client = _tcp_pair()
+    for sock in (source, sink):
+        sock.setblocking(False)
+    yield upstream, source, sink, client
+    for sock in (upstream, source, sink, client):
+        sock.close()
+
+
+@pytest.fixture(autouse=True)
+def idle_pipes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
+    """The module's idle pipes, empty at the start of each test; those left are closed after it."""
+    pipes: list[tuple[int, int]] = []
+    monkeypatch.setattr(splice, "_idle_pipes", pipes)
+    yield pipes
+    for pipe in pipes:
+        for fd in pipe:
+            os.close(fd)
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        connecting = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    return connecting, accepted
+
+
+def _receive(sock: socket.socket, count: int) -> bytes:
+    sock.settimeout(5)
+    received = bytearray()
+    while len(received) < count:
+        received += sock.recv(count - len(received))
+    return bytes(received)
+
+
+async def test_exactly_the_count_moves_and_what_follows_stays_in_the_source(
+    pairs: tuple[socket.socket, ...], idle_pipes: list[tuple[int, int]]
+) -> None:
+    upstream, source_end, sink, client = pairs
+    body = bytes(range(256)) * 1024
+    upstream.sendall(body + b"NEXT")
+    source, sent = Source(source_end), [0]
+    await splice.splice_body(source, sink.fileno(), len(body), sent)
+    assert _receive(client, len(body)) == body
+    assert (source.taken, sent[0]) == (len(body), len(body))
+    assert source_end.recv(16) == b"NEXT"
+    assert len(idle_pipes) == 1  # emptied, so kept for the next body
+
+
+async def test_an_upstream_that_closes_early_raises_its_error(pairs: tuple[socket.socket, ...]) -> None:
+    upstream, source_end, sink, _ = pairs
+    upstream.sendall(b"x" * 1000)
+    upstream.close()
+    with pytest.raises(EOFError):
+        await splice.splice_body(Source(source_end), sink.fileno(), 5000, [0])
+
+
+async def test_an_upstream_that_stalls_raises_its_timeout(pairs: tuple[socket.socket, ...]) -> None:
+    upstream, source_end, sink, _ = pairs
+    upstream.sendall(b"x" * 1000)
+    with pytest.raises(TimeoutError):
+        await splice.splice_body(Source(source_end, read_timeout=0.2), sink.fileno(), 5000, [0])
+
+
+async def test_a_client_that_is_gone_raises_client_gone_and_the_pipe_with_bytes_left_is_dropped(
+    pairs: tuple[socket.socket, ...], idle_pipes: list[tuple[int, int]]
+) -> None:
+    upstream, source_end, sink, client = pairs
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client.close()  # with a reset
+    await asyncio.sleep(0.05)
+    upstream.sendall(b"x" * 100_000)
+    with pytest.raises(ClientGone):
+        await splice.splice_body(Source(source_end), sink.fileno(), 100_000, [0])
+    assert idle_pipes == []  # the pipe it used still held bytes: closed, not kept
