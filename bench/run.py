@@ -85,6 +85,8 @@ def feature_env(features: str, workdir: Path, origin_url: str) -> dict[str, str]
         return {"GATEWAY_ROUTES": json.dumps([route]), "GATEWAY_ACCESS_LOG__ENABLED": "false"}
     if features == "no-metrics":
         return {"GATEWAY_ACCESS_LOG__ENABLED": "false", "GATEWAY_METRICS__ENABLED": "false"}
+    if features == "no-splice":
+        return {"GATEWAY_SERVER__SPLICE": "false"}
     if features == "all":
         deny = ", ".join(f'"10.{i // 256}.{i % 256}.0/24"' for i in range(10_000))
         config = workdir / "all-features.toml"
@@ -231,7 +233,8 @@ def main() -> None:
         default="default",
         help="comma-separated gateway configurations, each measured in the same run: default (shipped "
         "settings: access log and metrics on), bare (access log off), no-metrics (access log and metrics "
-        "off), cache (access log off, the route cache on: small GETs are hits), all (access log, a "
+        "off), no-splice (default, long bodies through Python instead of splice(2)), cache (access log off, "
+        "the route cache on: small GETs are hits), all (access log, a "
         "10,000-network IP filter, a "
         "rate limit that never refuses, a user middleware), three (three upstream instances, round robin). "
         "Default: default",
