@@ -43,7 +43,8 @@ class SpliceSource(Protocol):
 
     read_timeout: float | None  # seconds the upstream may leave the socket empty
 
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """The socket's descriptor; raises the upstream's error if the connection is closing."""
 
     def took(self, count: int) -> None:
         """`count` more body bytes left the socket."""

@@ -386,6 +386,11 @@ class SplicedBody:
         self.count = count
 
     def fileno(self) -> int:
+        """The socket's descriptor, while the connection still owns it (checked at once before it is duplicated:
+        a closed connection's number may already belong to another)."""
+        transport = self._conn.transport
+        if transport is None or transport.is_closing():
+            raise self._failed(httpx.ReadError("upstream connection lost"))
         return self._fd
 
     def took(self, count: int) -> None:

@@ -8,10 +8,12 @@ import os
 import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from gateway import splice
 from gateway.errors import ClientGone
+from gateway.transport.connection import SplicedBody, UpstreamConnection
 
 pytestmark = pytest.mark.anyio
 
@@ -113,3 +115,17 @@ async def test_a_client_that_is_gone_raises_client_gone_and_the_pipe_with_bytes_
     with pytest.raises(ClientGone):
         await splice.splice_body(Source(source_end), sink.fileno(), 100_000, [0])
     assert idle_pipes == []  # the pipe it used still held bytes: closed, not kept
+
+
+async def test_a_connection_that_is_closing_offers_no_descriptor() -> None:
+    """The number of a closed connection may already be another's: the splice fails instead of using it."""
+    loop = asyncio.get_running_loop()
+    upstream, gateway_end = _tcp_pair()
+    transport, conn = await loop.create_connection(lambda: UpstreamConnection(lambda _: None), sock=gateway_end)
+    body = SplicedBody(conn, gateway_end.fileno(), [], 100_000, 5.0)
+    assert body.fileno() == gateway_end.fileno()
+    transport.close()
+    with pytest.raises(httpx.ReadError):
+        body.fileno()
+    assert isinstance(conn.error, httpx.ReadError)
+    upstream.close()
