@@ -352,3 +352,26 @@ def test_a_splice_waits_until_what_the_server_buffered_has_left(spliced: list[in
         writer.join(WAIT)
     assert body == buffered_part + spliced_part
     assert spliced == [len(spliced_part)]
+
+
+def test_a_tls_upstream_relays_long_bodies_without_splicing(spliced: list[int], tmp_path: Path) -> None:
+    """Bytes from a TLS upstream must be decrypted in Python: such a connection is never held for splicing."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "upstream.pem"))
+
+    async def long_body(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", b"%d" % len(BODY))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": BODY})
+
+    pem = str(tmp_path / "upstream.pem")
+    with serve_app(long_body, ssl_certfile=pem, ssl_keyfile=pem, lifespan="off") as plain_url:
+        upstream = plain_url.replace("http://", "https://")
+        settings = settings_with({"prefix": "/", "upstreams": [upstream]}, client={"ca_file": str(tmp_path / "ca.pem")})
+        with serve_app(create_app(settings), limits=LimitsSettings()) as url, httpx.Client(timeout=WAIT) as client:
+            answers = [client.get(f"{url}/file") for _ in range(2)]
+    assert [(answer.status_code, answer.content == BODY) for answer in answers] == [(200, True)] * 2
+    assert spliced == []
