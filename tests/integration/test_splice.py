@@ -130,6 +130,20 @@ def test_a_long_body_that_comes_with_its_head_is_relayed_and_the_upstream_connec
     assert upstream.connections == 1
 
 
+@pytest.mark.parametrize("request_line", [b"GET /a HTTP/1.1\r\nConnection: close", b"GET /a HTTP/1.0"])
+def test_a_connection_that_ends_with_the_response_closes_after_the_whole_spliced_body(
+    upstream: ScriptedServer, spliced: list[int], request_line: bytes
+) -> None:
+    app = create_app(settings_with({"prefix": "/", "upstreams": [upstream.url]}))
+    # An idle timeout far past the client's wait: only the end of the response can close the connection in time.
+    with serve_app(app, limits=LimitsSettings(), timeout_keep_alive=60) as url, open_client(url) as sock:
+        sock.sendall(request_line + b"\r\nHost: gw\r\n\r\n")
+        received = read_until_closed(sock)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == BODY
+    assert len(spliced) == 1
+
+
 def test_a_client_that_reads_slowly_gets_the_whole_spliced_body(upstream: ScriptedServer, spliced: list[int]) -> None:
     with gateway(upstream) as url, open_client(url, receive_buffer=4096) as sock:
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
