@@ -12,6 +12,9 @@ cache hit's ten fields that is a fifth of the hit. This one writes the same byte
 The request body reaches the app as the parser's own pieces: uvicorn copies each into a bytearray and copies
 that again for `receive`, two copies of every uploaded byte.
 
+It also takes one message uvicorn does not know, where the protocol offers it: `gateway.response.splice`, the
+rest of a Content-Length body moved from the upstream's socket to the client's by splice(2) (gateway.splice).
+
 Everything else (`run_asgi`, the 500 answer, uvicorn's access log when it is on, the connection state
 the protocol reads) is uvicorn's.
 """
