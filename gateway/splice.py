@@ -67,11 +67,13 @@ async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[in
     """
     loop = asyncio.get_running_loop()
     reader, writer = _take_pipe()
-    source_fd = os.dup(source.fileno())
-    sink_fd = os.dup(sink)
+    duplicates: list[int] = []  # closed at the end, whatever happens (descriptors may be running out)
     left = count  # still in the upstream's socket
     in_pipe = 0
     try:
+        duplicates.append(os.dup(source.fileno()))
+        duplicates.append(os.dup(sink))
+        source_fd, sink_fd = duplicates
         while left or in_pipe:
             source_blocked = sink_blocked = False
             if left:
@@ -105,8 +107,8 @@ async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[in
             else:
                 await asyncio.sleep(0)  # both sides kept up: let other connections have a turn
     finally:
-        os.close(source_fd)
-        os.close(sink_fd)
+        for fd in duplicates:
+            os.close(fd)
         _give_back(reader, writer, empty=not in_pipe)
 
 

@@ -129,3 +129,23 @@ async def test_a_connection_that_is_closing_offers_no_descriptor() -> None:
         body.fileno()
     assert isinstance(conn.error, httpx.ReadError)
     upstream.close()
+
+
+async def test_a_source_that_cannot_give_its_descriptor_leaves_no_descriptor_open(
+    pairs: tuple[socket.socket, ...], idle_pipes: list[tuple[int, int]]
+) -> None:
+    _, source_end, sink, _ = pairs
+
+    class Closing(Source):
+        def fileno(self) -> int:
+            raise ConnectionError("upstream connection lost")
+
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ConnectionError):
+        await splice.splice_body(Closing(source_end), sink.fileno(), 100_000, [0])
+    assert len(idle_pipes) == 1  # the pipe it took went back, empty
+    for pipe in idle_pipes:  # so that only what the call itself leaked is counted below
+        for fd in pipe:
+            os.close(fd)
+    idle_pipes.clear()
+    assert len(os.listdir("/proc/self/fd")) == open_before
