@@ -246,6 +246,11 @@ class ProxyEndpoint:
             finally:
                 tried[-1].in_flight -= 1
 
+    def _may_splice(self, scope: Scope) -> bool:
+        """Whether this exchange's long body may be spliced: the route allows it and the server offers it. The
+        request asks the transport to hold such a body on exactly this condition, and _respond then splices it."""
+        return self._splice and keys.SPLICE in scope
+
     def _retry_target(self, key: str | None, tried: list[Upstream], *, same_allowed: bool) -> Upstream | None:
         """The instance for a retry, if there is one and the retry budget allows it."""
         target = self._pool.choose(key, tried) or (self._pool.choose(key) if same_allowed else None)
@@ -306,7 +311,7 @@ class ProxyEndpoint:
                 await exchange.send({"type": "http.response.body", "body": complete_body, "more_body": False})
                 return
             if status not in BODYLESS_STATUSES:
-                if self._splice and keys.SPLICE in scope and await _spliced(exchange, response.stream):
+                if self._may_splice(scope) and await _spliced(exchange, response.stream):
                     return
                 # The raw stream, not aiter_raw(): same bytes and error mapping, and it also relays a body
                 # that a mock transport has already read.
@@ -346,7 +351,7 @@ class ProxyEndpoint:
             body = _NO_BODY
             exchange.watch_for_disconnect()
         extensions: dict[str, object] = {"timeout": self._timeouts, **self._tls_extension}
-        if self._splice and keys.SPLICE in scope:
+        if self._may_splice(scope):
             extensions[HOLD_FOR_SPLICE] = True  # _respond offers a long body to splice(2)
         # Headers and framing are complete, so httpx is handed the stream as is (no re-encoding).
         return prebuilt_request(
