@@ -30,6 +30,10 @@ class ClientGone(Exception):
     """The client disconnected before the exchange ended."""
 
 
+class ClientTooSlow(ClientGone):
+    """The client took none of its response for the send timeout; the gateway drops its connection."""
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     status: int

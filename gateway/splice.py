@@ -18,7 +18,7 @@ import fcntl
 import os
 from typing import Protocol
 
-from gateway.errors import ClientGone
+from gateway.errors import ClientGone, ClientTooSlow
 
 SPLICE_MESSAGE = "gateway.response.splice"
 # Bodies with less than this left to read after their head go through Python, where copying so few bytes costs
@@ -56,10 +56,12 @@ class SpliceSource(Protocol):
         """The error for an upstream that sent nothing for `read_timeout`."""
 
 
-async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[int]) -> None:
+async def splice_body(
+    source: SpliceSource, sink: int, count: int, sent: list[int], *, sink_timeout: float | None = None
+) -> None:
     """Move exactly `count` bytes from `source` to the socket `sink` (both non-blocking), adding what the client
-    was given to `sent[0]` as it goes. Raises the source's errors, or ClientGone when the client's connection
-    breaks.
+    was given to `sent[0]` as it goes. Raises the source's errors, ClientGone when the client's connection
+    breaks, or ClientTooSlow when the client takes nothing for `sink_timeout` seconds.
 
     Both sockets are used through duplicates of their descriptors: if a transport closes its own meanwhile (a
     lost client, a shutdown), the number cannot be reused for another connection under this transfer, and the
@@ -100,7 +102,8 @@ async def splice_body(source: SpliceSource, sink: int, count: int, sent: list[in
                     in_pipe -= given
                     sent[0] += given
             if sink_blocked:
-                await _ready(loop, sink_fd, writing=True)
+                if not await _ready(loop, sink_fd, writing=True, timeout=sink_timeout):
+                    raise ClientTooSlow
             elif source_blocked and not in_pipe:
                 if not await _ready(loop, source_fd, writing=False, timeout=source.read_timeout):
                     raise source.timed_out()

@@ -79,7 +79,8 @@ def _check_certificate(certfile: Path, keyfile: Path, password: SecretStr | None
 class LimitsSettings(BaseModel):
     """What a client may send and how slowly, enforced by the gateway's HTTP protocol (gateway.server).
 
-    Refusals are short answers that close the connection: 431, 414, 408, 503.
+    Refusals are short answers that close the connection: 431, 414, 408, 503. A client too slow to take its
+    response is not answered: its connection is closed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -110,6 +111,12 @@ class LimitsSettings(BaseModel):
         ge=0,
         description="Bytes per second a request body must average over each `body_timeout` window; "
         "0 only cuts bodies that stall completely. Default 256.",
+    )
+    send_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take none of a response the gateway has waiting for it (nginx's "
+        "send_timeout); then the connection is closed and the upstream's freed. Default 60.",
     )
     max_connections: int | None = Field(
         10_000,

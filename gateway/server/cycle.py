@@ -30,7 +30,8 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, STATUS_LINE, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from gateway.errors import ClientGone
+from gateway import scope as keys
+from gateway.errors import ClientGone, ClientTooSlow
 from gateway.splice import SPLICE_MESSAGE, splice_body
 
 # Bytes allowed anywhere in a written head but for the CRLFs that end its lines: all but uvicorn's forbidden
@@ -40,6 +41,10 @@ _ALLOWED_IN_HEAD = bytes(byte for byte in range(256) if not (byte <= 0x08 or 0x0
 _CHECKED_NAMES: dict[bytes, bytes] = {}
 _CHECKED_NAMES_LIMIT = 1024
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# The scope's reason for an exchange whose client took none of its response for `limits.send_timeout`.
+SEND_TIMEOUT = "send_timeout"
+
+logger = logging.getLogger("gateway.server")
 
 
 def _checked_name(name: bytes) -> bytes:
@@ -99,6 +104,7 @@ class EdgeCycle(RequestResponseCycle):
         expect_100_continue: bool,
         keep_alive: bool,
         on_response: Callable[[], None],
+        send_timeout: float,
     ) -> None:
         # uvicorn's attributes, passed positionally: its keyword call costs more per request.
         self.scope = scope
@@ -121,6 +127,7 @@ class EdgeCycle(RequestResponseCycle):
         self.chunked_encoding: bool | None = None
         self.expected_content_length = 0
         self._head_request = scope["method"] == "HEAD"
+        self._send_timeout = send_timeout
 
     def add_body(self, piece: bytes) -> None:
         """A piece of the request body from the parser (uvicorn's on_body, without the copy)."""
@@ -174,6 +181,20 @@ class EdgeCycle(RequestResponseCycle):
         else:
             raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
 
+    def drop_slow_client(self) -> None:
+        """The client took none of what was written for it for `send_timeout` seconds (nginx's send_timeout): the
+        connection is dropped with the rest unsent, and an exchange still running ends as for a client that left
+        (the server's connection_lost tells the relay, which frees its upstream connection)."""
+        if not self.response_complete:
+            cast(dict[str, Any], self.scope).setdefault(keys.REASON, SEND_TIMEOUT)
+            self.disconnected = True
+        logger.info(
+            "dropped the connection of %s: it took none of its response for %g s",
+            get_client_addr(self.scope),
+            self._send_timeout,
+        )
+        self.transport.abort()  # close() would wait for the buffered bytes the client does not take
+
     def _complete(self) -> None:
         self.response_complete = True
         self.message_event.set()
@@ -192,7 +213,11 @@ class EdgeCycle(RequestResponseCycle):
             await self._drain_all()
             if self.disconnected or self.transport.is_closing():
                 return
-            await splice_body(message["source"], self.transport.get_extra_info("socket").fileno(), count, sent)
+            sink = self.transport.get_extra_info("socket").fileno()
+            await splice_body(message["source"], sink, count, sent, sink_timeout=self._send_timeout)
+        except ClientTooSlow:
+            self.drop_slow_client()
+            raise
         except ClientGone:
             self.disconnected = True
             self.transport.close()

@@ -7,6 +7,7 @@ option takes a protocol class or import path), adds `[limits]` and framing check
 - head larger than `max_head_bytes` or with more than `max_headers` lines: 431; target over `max_target_bytes`: 414
 - head not complete within `head_timeout` of its first byte (or of connecting): 408
 - body slower than `body_min_rate` over a `body_timeout` window, not counting time the gateway held it back: 408
+- a client that takes none of its response for `send_timeout` while the gateway has some waiting: dropped
 - no Host (HTTP/1.1), several Hosts or an invalid one: 400; Transfer-Encoding in HTTP/1.0: 400;
   a transfer coding other than chunked: 501; a version other than 1.0 or 1.1: 505
 
@@ -103,6 +104,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_timeout = limits.head_timeout
         self._body_window = limits.body_timeout
         self._body_window_minimum = limits.body_min_rate * limits.body_timeout
+        self._send_timeout = limits.send_timeout
         self._refusal: Refusal | None = None
         # Per request, gathered as the parser hands over the head (so that the checks cost no second pass):
         self._reading_head = False  # between the first byte of a request and the end of its head
@@ -125,6 +127,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._own_date = self._drop_server_date
         self._offers_splice = False  # set per connection: plain TCP, and an app that lets the message through
         self._idle_deadline = Deadline(self.loop, self.timeout_keep_alive_handler)
+        self._send_deadline = Deadline(self.loop, self._send_timed_out)  # set while writing is paused
         self._raw_root_path = self.root_path.encode("ascii")
 
     # Connection
@@ -145,10 +148,28 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         self._idle_deadline.cancel()
+        self._send_deadline.cancel()
         super().connection_lost(exc)
         callback, self._on_client_gone = self._on_client_gone, None
         if callback is not None and not (self.cycle is not None and self.cycle.response_complete):
             callback()  # an exchange whose response went out whole is not cut short by the close that follows
+
+    # Writing: the transport asks to pause when the client leaves too much unread, and to resume once it took
+    # enough; a client that stays paused for `send_timeout` is dropped (nginx's send_timeout).
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._send_deadline.set(self._send_timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._send_deadline.clear()
+
+    def _send_timed_out(self) -> None:
+        if self._running is not None:
+            cast(EdgeCycle, self._running).drop_slow_client()
+        else:  # nothing but a refusal was written
+            self.transport.abort()
 
     def _watch_client(self, callback: Callable[[], None] | None) -> None:
         self._on_client_gone = callback
@@ -311,6 +332,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self.expect_100_continue,
             version != "1.0" and parser.should_keep_alive(),
             self.on_response_complete,
+            self._send_timeout,
         )
         if running is None or running.response_complete:
             self._start_asgi_task(self.cycle, app)

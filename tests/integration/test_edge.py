@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -266,6 +267,71 @@ def test_a_keep_alive_connection_is_closed_once_idle_for_the_timeout_and_not_whi
                 time.sleep(0.4)  # 3.1 s on one connection, never idle for the full second
             assert conn.recv(1) == b""  # then closed by the gateway (the socket's own timeout would raise)
     assert len(upstream.requests) == 5
+
+
+LARGE = 12 * 1024 * 1024  # several times what the loopback buffers between the gateway and a client hold
+ENDLESS = 1024 * 1024 * 1024  # what no test reads: the upstream writes until the gateway stops taking it
+PIECE = 128 * 1024
+
+
+def respond_large(handler: UpstreamHandler, request: Received) -> None:
+    """A long body framed by Content-Length (spliced by the edge) or chunked (relayed through Python), as the
+    target says; a short answer for /api/after."""
+    if request.target == b"/api/after":
+        respond_echo(handler, request)
+        return
+    size = ENDLESS if b"/endless" in request.target else LARGE
+    chunked = request.target.endswith(b"/chunked")
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
+    handler.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
+    for _ in range(size // PIECE):
+        handler.write(b"%x\r\n%s\r\n" % (PIECE, b"b" * PIECE) if chunked else b"b" * PIECE)
+    if chunked:
+        handler.write(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("target", [b"/api/endless/spliced", b"/api/endless/chunked"])
+def test_a_client_that_takes_none_of_its_response_is_dropped_after_the_send_timeout_and_the_upstream_freed(
+    target: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        with scripted_upstream(respond_large) as upstream, edge(upstream.url, send_timeout=0.5) as address:
+            with socket.create_connection(address, timeout=WAIT) as conn:
+                conn.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+                taken = b""
+                while len(taken) < 1024 * 1024:  # past what the gateway relays before it starts a splice
+                    taken += conn.recv(65536)
+                assert taken.startswith(b"HTTP/1.1 200")
+                # then reads nothing more: the gateway must give up on it and close its upstream connection
+                assert upstream.client_went_away.wait(WAIT)
+                assert len(read_to_close(conn)) < ENDLESS  # dropped: the socket closes (a reset) short of the body
+            after = httpx.get(f"http://{address[0]}:{address[1]}/api/after", timeout=WAIT)
+    assert after.status_code == 200
+    records = {record.msg["path"]: record.msg for record in caplog.records if record.name == "gateway.access"}
+    stuck = records[target.decode()]
+    assert (stuck["status"], stuck["reason"]) == (200, "send_timeout") and stuck["bytes_out"] < ENDLESS
+
+
+@pytest.mark.parametrize("target", [b"/api/spliced", b"/api/chunked"])
+def test_a_client_that_keeps_reading_is_not_dropped(target: bytes) -> None:
+    """Slower than the gateway could send, so that the gateway waits on it again and again, for twice the send
+    timeout in all; but never for a whole send timeout at once."""
+    rate = LARGE / 2.0  # bytes per second
+    with scripted_upstream(respond_large) as upstream, edge(upstream.url, send_timeout=1.0) as address:
+        with socket.create_connection(address, timeout=WAIT) as conn:
+            conn.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\nGET /api/after HTTP/1.1\r\nHost: gw\r\n\r\n")
+            received = bytearray()
+            started = time.monotonic()
+            while b"GET /api/after" not in received[-64:]:  # the second answer comes after the whole first
+                piece = conn.recv(65536)
+                assert piece, "the gateway closed the connection"
+                received += piece
+                time.sleep(max(0.0, started + len(received) / rate - time.monotonic()))
+            time.sleep(1.5)  # idle, with nothing left to send: no send timeout runs, the connection stays
+            conn.sendall(b"GET /api/after HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert read_response(conn).endswith(b"GET /api/after")
+    assert received.startswith(b"HTTP/1.1 200") and received.count(b"b") >= LARGE
+    assert not upstream.client_went_away.is_set()
 
 
 def test_connections_over_the_cap_get_503(upstream: ScriptedServer) -> None:

@@ -45,9 +45,9 @@ def spliced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counts: list[int] = []
     original = cycle.splice_body
 
-    async def spy(source: Any, sink: int, count: int, sent: list[int]) -> None:
+    async def spy(source: Any, sink: int, count: int, sent: list[int], **options: Any) -> None:
         counts.append(count)
-        await original(source, sink, count, sent)
+        await original(source, sink, count, sent, **options)
 
     monkeypatch.setattr(cycle, "splice_body", spy)
     return counts

@@ -4,6 +4,7 @@ the pipes it keeps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from gateway import splice
-from gateway.errors import ClientGone
+from gateway.errors import ClientGone, ClientTooSlow
 from gateway.transport.connection import SplicedBody, UpstreamConnection
 
 pytestmark = pytest.mark.anyio
@@ -115,6 +116,22 @@ async def test_a_client_that_is_gone_raises_client_gone_and_the_pipe_with_bytes_
     with pytest.raises(ClientGone):
         await splice.splice_body(Source(source_end), sink.fileno(), 100_000, [0])
     assert idle_pipes == []  # the pipe it used still held bytes: closed, not kept
+
+
+async def test_a_client_that_takes_nothing_for_the_sink_timeout_raises_client_too_slow(
+    pairs: tuple[socket.socket, ...],
+) -> None:
+    upstream, source_end, sink, client = pairs
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = 16 * 1024 * 1024  # far more than the loopback buffers between sink and client hold
+    feeding = asyncio.get_running_loop().run_in_executor(None, upstream.sendall, b"x" * body)
+    sent = [0]
+    with pytest.raises(ClientTooSlow):
+        await splice.splice_body(Source(source_end), sink.fileno(), body, sent, sink_timeout=0.2)
+    assert 0 < sent[0] < body
+    upstream.shutdown(socket.SHUT_RDWR)  # ends the feeding thread's sendall
+    with contextlib.suppress(OSError):
+        await feeding
 
 
 async def test_a_connection_that_is_closing_offers_no_descriptor() -> None:

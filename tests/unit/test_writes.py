@@ -306,6 +306,7 @@ async def test_a_splice_starts_only_once_the_servers_buffer_is_empty() -> None:
         False,
         True,
         lambda: None,
+        60.0,
     )
     written = b"x" * (8 * 1024 * 1024)
     transport.write(written)  # the peer reads nothing yet: most of it stays in the transport's buffer
