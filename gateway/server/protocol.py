@@ -49,6 +49,9 @@ logger = logging.getLogger("gateway.server")
 _FRAMING_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect"})
 # Seconds before uvicorn's graceful-shutdown deadline at which the gateway ends exchanges still open itself.
 SHUTDOWN_MARGIN = 0.5
+# How long a connection that has sent nothing yet is kept once shutdown starts: a request may already be in
+# its socket, unread, when it was accepted just before (the client has no way to know the worker is leaving).
+FIRST_REQUEST_GRACE = 0.5
 # RFC 9110 section 7.2: Host = uri-host [ ":" port ]; an empty value is allowed.
 _VALID_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
 # The scope's method strings for the usual methods, made once (others are decoded per request).
@@ -127,6 +130,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._own_date = self._drop_server_date
         self._offers_splice = False  # set per connection: plain TCP, and an app that lets the message through
         self._idle_deadline = Deadline(self.loop, self.timeout_keep_alive_handler)
+        self._last_request = False  # shutting down: the next request's answer closes the connection
         self._send_deadline = Deadline(self.loop, self._send_timed_out)  # set while writing is paused
         self._raw_root_path = self.root_path.encode("ascii")
 
@@ -229,8 +233,14 @@ class EdgeProtocol(HttpToolsProtocol):
         self._write_refusal(refusal)
 
     def shutdown(self) -> None:
-        """Graceful shutdown: idle connections close now; an exchange still open just before the grace period
-        ends (a long stream) is ended by the gateway, so that it is logged as such rather than cancelled."""
+        """Graceful shutdown: idle connections close now, but one that has not sent its first request yet waits
+        FIRST_REQUEST_GRACE for it and closes after answering it; an exchange still open just before the grace
+        period ends (a long stream) is ended by the gateway, so that it is logged as such rather than cancelled."""
+        self._last_request = True
+        if self.cycle is None:
+            if not self._reading_head:  # (a head on its way is bounded by head_timeout)
+                self._idle_deadline.set(FIRST_REQUEST_GRACE)
+            return
         super().shutdown()
         grace = self.config.timeout_graceful_shutdown
         if grace is not None and self.cycle is not None and not self.cycle.response_complete:
@@ -330,7 +340,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self.access_log,
             self.server_state.default_headers,
             self.expect_100_continue,
-            version != "1.0" and parser.should_keep_alive(),
+            version != "1.0" and parser.should_keep_alive() and not self._last_request,
             self.on_response_complete,
             self._send_timeout,
         )

@@ -79,6 +79,33 @@ def test_sigterm_finishes_in_flight_requests_ends_streams_and_exits_0() -> None:
     assert "still open as the shutdown grace ends" in log
 
 
+def test_a_connection_accepted_just_before_sigterm_gets_its_request_answered() -> None:
+    """A request may sit unread in a connection accepted just before the shutdown (a worker replaced on reload
+    met one): it is answered, and the connection closes after it, rather than closing with the request
+    unanswered."""
+    port = free_port()
+    with scripted_upstream() as upstream:
+        env = {"GATEWAY_ROUTES": json.dumps([{"prefix": "/api", "upstreams": [upstream.url]}])}
+        process = python_m_gateway("serve", "--port", str(port), env=env)
+        try:
+            wait_for_health(f"http://127.0.0.1:{port}", process)
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
+                time.sleep(0.3)  # accepted by now, with nothing sent yet
+                process.send_signal(signal.SIGTERM)
+                time.sleep(0.1)  # the shutdown has begun
+                conn.sendall(b"GET /api/late HTTP/1.1\r\nHost: gw\r\n\r\n")
+                answer = b""
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := conn.recv(65536):
+                        answer += chunk
+            code = process.wait(WAIT)
+        finally:
+            process.kill()
+            process.communicate(timeout=WAIT)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"GET /api/late")
+    assert code == 0
+
+
 def _refuses_new_connections(port: int) -> bool:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
