@@ -88,6 +88,27 @@ def respond_echo(handler: UpstreamHandler, request: Received) -> None:
     handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s" % (len(body), body))
 
 
+LARGE = 12 * 1024 * 1024  # several times what the loopback buffers between the gateway and a client hold
+ENDLESS = 1024 * 1024 * 1024  # what no test reads: the upstream writes until the gateway stops taking it
+PIECE = 128 * 1024
+
+
+def respond_large(handler: UpstreamHandler, request: Received) -> None:
+    """A long body framed by Content-Length (spliced by the edge) or chunked (relayed through Python), as the
+    target says; a short answer for /api/after."""
+    if request.target == b"/api/after":
+        respond_echo(handler, request)
+        return
+    size = ENDLESS if b"/endless" in request.target else LARGE
+    chunked = request.target.endswith(b"/chunked")
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
+    handler.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
+    for _ in range(size // PIECE):
+        handler.write(b"%x\r\n%s\r\n" % (PIECE, b"b" * PIECE) if chunked else b"b" * PIECE)
+    if chunked:
+        handler.write(b"0\r\n\r\n")
+
+
 class UpstreamHandler(socketserver.StreamRequestHandler):
     """Reads HTTP/1.1 requests (Content-Length or chunked bodies) and lets the test's responder answer."""
 

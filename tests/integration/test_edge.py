@@ -21,11 +21,14 @@ from gateway import create_app
 from settings import LimitsSettings
 from tests.conftest import settings_with
 from tests.servers import (
+    ENDLESS,
+    LARGE,
     WAIT,
     Received,
     ScriptedServer,
     UpstreamHandler,
     respond_echo,
+    respond_large,
     scripted_upstream,
     serve_app,
 )
@@ -269,27 +272,6 @@ def test_a_keep_alive_connection_is_closed_once_idle_for_the_timeout_and_not_whi
     assert len(upstream.requests) == 5
 
 
-LARGE = 12 * 1024 * 1024  # several times what the loopback buffers between the gateway and a client hold
-ENDLESS = 1024 * 1024 * 1024  # what no test reads: the upstream writes until the gateway stops taking it
-PIECE = 128 * 1024
-
-
-def respond_large(handler: UpstreamHandler, request: Received) -> None:
-    """A long body framed by Content-Length (spliced by the edge) or chunked (relayed through Python), as the
-    target says; a short answer for /api/after."""
-    if request.target == b"/api/after":
-        respond_echo(handler, request)
-        return
-    size = ENDLESS if b"/endless" in request.target else LARGE
-    chunked = request.target.endswith(b"/chunked")
-    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
-    handler.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
-    for _ in range(size // PIECE):
-        handler.write(b"%x\r\n%s\r\n" % (PIECE, b"b" * PIECE) if chunked else b"b" * PIECE)
-    if chunked:
-        handler.write(b"0\r\n\r\n")
-
-
 @pytest.mark.parametrize("target", [b"/api/endless/spliced", b"/api/endless/chunked"])
 def test_a_client_that_takes_none_of_its_response_is_dropped_after_the_send_timeout_and_the_upstream_freed(
     target: bytes, caplog: pytest.LogCaptureFixture
@@ -300,7 +282,9 @@ def test_a_client_that_takes_none_of_its_response_is_dropped_after_the_send_time
                 conn.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
                 taken = b""
                 while len(taken) < 1024 * 1024:  # past what the gateway relays before it starts a splice
-                    taken += conn.recv(65536)
+                    piece = conn.recv(65536)
+                    assert piece, "the gateway closed the connection"
+                    taken += piece
                 assert taken.startswith(b"HTTP/1.1 200")
                 # then reads nothing more: the gateway must give up on it and close its upstream connection
                 assert upstream.client_went_away.wait(WAIT)

@@ -19,11 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from settings import SettingsError, TlsSettings, load_settings
 from tests.servers import (
     WAIT,
-    Received,
     ScriptedServer,
-    UpstreamHandler,
     free_port,
     python_m_gateway,
+    respond_large,
     scripted_upstream,
     wait_for_health,
 )
@@ -128,24 +127,17 @@ def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(
     assert [request.target for request in upstream.requests] == [b"/api/x"]
 
 
-def respond_endless(handler: UpstreamHandler, request: Received) -> None:
-    handler.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-    piece = b"%x\r\n%s\r\n" % (65536, b"t" * 65536)
-    for _ in range(16384):  # 1 GiB at most: the gateway must stop taking it long before
-        handler.write(piece)
-
-
 def test_a_tls_client_that_takes_none_of_its_response_is_dropped_after_the_send_timeout(
     server_files: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     cert, key, ca_file = server_files
     context = client_context(ca_file)
-    with scripted_upstream(respond_endless) as upstream:
+    with scripted_upstream(respond_large) as upstream:
         config = tls_section(cert, key) + "[limits]\nsend_timeout = 0.5\n" + route_to(upstream)
         with https_gateway(config, tmp_path, context) as url:
             raw = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=WAIT)
             with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
-                conn.sendall(b"GET /api/endless HTTP/1.1\r\nHost: gw\r\n\r\n")
+                conn.sendall(b"GET /api/endless/chunked HTTP/1.1\r\nHost: gw\r\n\r\n")
                 assert conn.recv(12) == b"HTTP/1.1 200"
                 # then reads nothing more: the gateway must give up on it and close its upstream connection
                 assert upstream.client_went_away.wait(WAIT)
