@@ -130,7 +130,18 @@ async def _relay(
             task.cancel()
         await asyncio.gather(to_upstream, to_client, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await connection.close()
+            await _close_discarding(connection)
+
+
+async def _close_discarding(connection: ClientConnection) -> None:
+    """Close the upstream session (a no-op if it is closed), dropping the messages it still sends meanwhile: a
+    client that left or was dropped leaves them undeliverable, and its close frame may be queued behind them,
+    unread while the message queue is full (close() alone would then wait `close_timeout`, 10 s)."""
+    closing = asyncio.ensure_future(connection.close())
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in connection:
+            pass
+    await closing
 
 
 class Activity:

@@ -115,8 +115,8 @@ class LimitsSettings(BaseModel):
     send_timeout: float = Field(
         60.0,
         gt=0,
-        description="Seconds a client may take none of a response the gateway has waiting for it (nginx's "
-        "send_timeout); then the connection is closed and the upstream's freed. Default 60.",
+        description="Seconds a client may take none of a response (or WebSocket messages) the gateway has waiting "
+        "for it (nginx's send_timeout); then the connection is closed and the upstream's freed. Default 60.",
     )
     max_connections: int | None = Field(
         10_000,

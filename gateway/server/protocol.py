@@ -7,7 +7,8 @@ option takes a protocol class or import path), adds `[limits]` and framing check
 - head larger than `max_head_bytes` or with more than `max_headers` lines: 431; target over `max_target_bytes`: 414
 - head not complete within `head_timeout` of its first byte (or of connecting): 408
 - body slower than `body_min_rate` over a `body_timeout` window, not counting time the gateway held it back: 408
-- a client that takes none of its response for `send_timeout` while the gateway has some waiting: dropped
+- a client that takes none of its response for `send_timeout` while the gateway has some waiting: dropped (on
+  WebSocket sessions too, through EdgeWebSocketProtocol)
 - no Host (HTTP/1.1), several Hosts or an invalid one: 400; Transfer-Encoding in HTTP/1.0: 400;
   a transfer coding other than chunked: 501; a version other than 1.0 or 1.1: 505
 
@@ -19,7 +20,6 @@ control characters. Every refusal is a short problem document and the connection
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import urllib.parse
@@ -33,6 +33,7 @@ from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
@@ -40,8 +41,9 @@ from gateway import splice
 from gateway.deadline import Deadline
 from gateway.errors import PROBLEM_TYPE, problem_body
 from gateway.server.cycle import EdgeCycle
+from gateway.server.limits import limits_for
+from gateway.server.websocket import EdgeWebSocketProtocol
 from gateway.server.writes import HeadHoldingTransport
-from settings import LimitsSettings, load_settings
 
 logger = logging.getLogger("gateway.server")
 
@@ -80,17 +82,6 @@ class _Refused(Exception):
     """Raised from a parser callback; httptools turns it into a parser error, which ends in send_400_response."""
 
 
-@functools.cache
-def _limits_from_environment() -> LimitsSettings:
-    return load_settings().limits
-
-
-def limits_for(config: Config) -> LimitsSettings:
-    """The limits `python -m gateway` put on its config, else those of the settings (`uvicorn --http ...`)."""
-    limits = getattr(config, "limits", None)
-    return limits if isinstance(limits, LimitsSettings) else _limits_from_environment()
-
-
 class EdgeProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -100,6 +91,8 @@ class EdgeProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        if self.ws_protocol_class is WebSocketsSansIOProtocol:  # uvicorn's default; one chosen on purpose is kept
+            self.ws_protocol_class = EdgeWebSocketProtocol
         limits = limits_for(config)
         self._max_head = limits.max_head_bytes
         self._max_headers = limits.max_headers

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -20,8 +21,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
 from gateway import create_app
+from settings import LimitsSettings
 from tests.conftest import settings_with
-from tests.servers import gateway_process, serve_app
+from tests.servers import WAIT, gateway_process, serve_app
 
 MEBIBYTE = b"m" * (1 << 20)
 STALL = 3.0  # seconds a stalled side stops reading
@@ -110,11 +112,14 @@ def echo_upstream(tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, list
 
 
 @contextlib.contextmanager
-def gateway_to(upstream: str, client: dict[str, str] | None = None, **route: object) -> Iterator[str]:
+def gateway_to(
+    upstream: str, client: dict[str, str] | None = None, limits: LimitsSettings | None = None, **route: object
+) -> Iterator[str]:
+    """The gateway with one WebSocket route; with `limits`, served as `python -m gateway` serves (the edge)."""
     settings = settings_with(
         {"prefix": "/ws", "upstreams": [upstream], "strip_prefix": True, **route}, client=client or {}
     )
-    with serve_app(create_app(settings)) as url:
+    with serve_app(create_app(settings), limits=limits) as url:
         yield url.replace("http://", "ws://")
 
 
@@ -230,6 +235,42 @@ def test_idle_sessions_are_closed_and_oversized_messages_refused() -> None:
         with gateway_to(upstream, websocket={"max_message_bytes": 1024}) as url:
             assert run(oversized(url, b"x" * 2048)) == 1009  # too big from the client
             assert run(oversized(url, "big:2048")) == 1009  # too big from the upstream
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_its_upstream_session_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The upstream floods a client that takes nothing: without the send timeout, both sessions would stay open
+    for as long as the client's TCP connection lives (the idle timeout's close frame cannot be sent either)."""
+    caplog.set_level(logging.INFO)
+    with echo_upstream() as (upstream, codes):
+        with gateway_to(upstream, limits=LimitsSettings(send_timeout=0.5)) as url:
+            host, port = url.removeprefix("ws://").split(":")
+            with socket.create_connection((host, int(port)), timeout=WAIT) as client:
+                client.sendall(HANDSHAKE % host.encode())
+                assert client.recv(4096).startswith(b"HTTP/1.1 101 ")
+                client.sendall(masked_text_frame(b"flood:64"))  # 64 MiB, of which the client reads nothing
+                started = time.monotonic()
+                while not codes and time.monotonic() - started < 10:
+                    time.sleep(0.05)
+                waited = time.monotonic() - started
+    assert codes, "the upstream session is still open 10 s after the client stopped reading"
+    assert waited < 5
+    [session] = access_records(caplog)
+    assert (session["status"], session["reason"]) == (101, "send_timeout")
+    assert session["bytes_out"] < 64 << 20
+
+
+HANDSHAKE = (
+    b"GET /ws/ HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client's text frame (RFC 6455 5.2) of under 126 bytes."""
+    mask = b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def test_wss_upstream_verified_against_the_configured_ca(tmp_path: Path) -> None:
