@@ -1,6 +1,6 @@
 """Relay benchmark: the same wrk load straight at a fast origin and through the gateway, in one run.
 
-    python -m bench.run [--duration 5] [--scenarios small-c16,small-c128,get-1mib-c16,post-64kib-c16]
+    python -m bench.run [--duration 5] [--scenarios small-c16,small-c128,get-1mib-c16,post-64kib-c16] [--floor]
 
 Needs wrk (and uses nginx as the origin when installed; otherwise a uvicorn origin). Everything listens on
 127.0.0.1. The gateway runs pinned to CPU 0, origin and wrk to CPU 1 (when `taskset` exists), so that
@@ -70,6 +70,9 @@ http {{
   }}
 }}
 """
+
+
+PEERS = ("nginx", "python-floor")  # rows that are not gateway configurations
 
 
 def feature_env(features: str, workdir: Path, origin_url: str) -> dict[str, str]:
@@ -239,6 +242,11 @@ def main() -> None:
         "rate limit that never refuses, a user middleware), three (three upstream instances, round robin). "
         "Default: default",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench/floor.py: the least a Python relay costs (callbacks on uvloop and httptools)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench/run.py needs wrk: apt-get install -y wrk (nginx too, for the fast origin)")
@@ -250,6 +258,11 @@ def main() -> None:
         direct = {scenario.name: measure(origin_url, scenario, args.duration, None) for scenario in scenarios}
         if shutil.which("nginx"):
             rows += nginx_rows(Path(temp), origin_url, scenarios, direct, args.duration)
+        if args.floor:
+            port = free_port()
+            command = [sys.executable, "-m", "bench.floor", origin_url, "--port", str(port)]
+            floor = pinned(os.environ.get("PROXY_CPU", "0"), command)
+            rows += peer_rows("python-floor", floor, f"http://127.0.0.1:{port}", scenarios, direct, args.duration)
         for feature in features:
             port = free_port()
             env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp), origin_url)}
@@ -270,10 +283,21 @@ def nginx_rows(
     config = workdir / "proxy.conf"
     config.write_text(NGINX_PROXY.format(dir=workdir, port=port, origin_port=origin_url.rsplit(":", 1)[1]))
     command = pinned(os.environ.get("PROXY_CPU", "0"), ["nginx", "-c", str(config), "-e", str(workdir / "proxy.log")])
-    url = f"http://127.0.0.1:{port}"
-    with running(command, url) as nginx:
+    return peer_rows("nginx", command, f"http://127.0.0.1:{port}", scenarios, direct, duration)
+
+
+def peer_rows(
+    name: str,
+    command: list[str],
+    url: str,
+    scenarios: list[Scenario],
+    direct: dict[str, dict[str, float]],
+    duration: int,
+) -> list[tuple[Scenario, str, dict[str, float], dict[str, float]]]:
+    """A proxy to compare with, started by `command` and measured on every scenario."""
+    with running(command, url) as peer:
         return [
-            (scenario, "nginx", direct[scenario.name], measure(url, scenario, duration, nginx.pid))
+            (scenario, name, direct[scenario.name], measure(url, scenario, duration, peer.pid))
             for scenario in scenarios
         ]
 
@@ -286,7 +310,7 @@ def print_table(rows: list[tuple[Scenario, str, dict[str, float], dict[str, floa
     shown: set[str] = set()
     order = list(SCENARIOS)
     for scenario, feature, direct, through in sorted(rows, key=lambda row: order.index(row[0].name)):
-        cells = [(feature if feature == "nginx" else f"gateway/{feature}", through)]
+        cells = [(feature if feature in PEERS else f"gateway/{feature}", through)]
         if scenario.name not in shown:
             cells.insert(0, ("direct", direct))
             shown.add(scenario.name)
