@@ -288,6 +288,15 @@ def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
         sock.close()
 
 
+def read_to_close(conn: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection (a reset counts as the close)."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def free_port() -> int:
     """A loopback port free right now (for servers that bind by number, such as `python -m gateway`)."""
     sock = loopback_socket()

@@ -27,6 +27,7 @@ from tests.servers import (
     Received,
     ScriptedServer,
     UpstreamHandler,
+    read_to_close,
     respond_echo,
     respond_large,
     scripted_upstream,
@@ -55,14 +56,6 @@ def exchange(address: tuple[str, int], data: bytes, *, timeout: float = WAIT) ->
     with socket.create_connection(address, timeout=timeout) as conn:
         conn.sendall(data)
         return read_to_close(conn)
-
-
-def read_to_close(conn: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def status_of(response: bytes) -> int:

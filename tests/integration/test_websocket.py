@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from gateway import create_app
 from settings import LimitsSettings
 from tests.conftest import settings_with
-from tests.servers import WAIT, gateway_process, serve_app
+from tests.servers import WAIT, gateway_process, read_to_close, serve_app
 
 MEBIBYTE = b"m" * (1 << 20)
 STALL = 3.0  # seconds a stalled side stops reading
@@ -261,6 +261,27 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_its_u
     assert session["bytes_out"] < 64 << 20
 
 
+def test_a_client_closing_after_a_stall_closes_the_upstream_session_at_once() -> None:
+    """While the client stalled, the upstream's messages filled the gateway's queue; once the client has closed,
+    they are dropped, so that the upstream's close frame behind them is read at once instead of the closing
+    handshake waiting out the library's close timeout (10 s)."""
+    with echo_upstream() as (upstream, codes), gateway_to(upstream) as url:
+        host, port = url.removeprefix("ws://").split(":")
+        with socket.create_connection((host, int(port)), timeout=WAIT) as client:
+            client.sendall(HANDSHAKE % host.encode())
+            assert client.recv(4096).startswith(b"HTTP/1.1 101 ")
+            client.sendall(masked_text_frame(b"flood:64"))
+            time.sleep(1)  # reading nothing meanwhile
+            client.sendall(masked_frame(0x8, (4000).to_bytes(2, "big") + b"enough"))
+            read_to_close(client)  # what was buffered for it, the close frame among it
+        started = time.monotonic()
+        while not codes and time.monotonic() - started < 12:
+            time.sleep(0.05)
+        waited = time.monotonic() - started
+    assert codes == [4000]
+    assert waited < 5
+
+
 HANDSHAKE = (
     b"GET /ws/ HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -268,9 +289,13 @@ HANDSHAKE = (
 
 
 def masked_text_frame(payload: bytes) -> bytes:
-    """A client's text frame (RFC 6455 5.2) of under 126 bytes."""
+    return masked_frame(0x1, payload)
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (RFC 6455 5.2) of under 126 bytes."""
     mask = b"\x01\x02\x03\x04"
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def test_wss_upstream_verified_against_the_configured_ca(tmp_path: Path) -> None:
