@@ -41,7 +41,7 @@ from gateway import splice
 from gateway.deadline import Deadline
 from gateway.errors import PROBLEM_TYPE, problem_body
 from gateway.server.cycle import EdgeCycle
-from gateway.server.limits import limits_for
+from gateway.server.limits import SendTimeout, limits_for
 from gateway.server.websocket import EdgeWebSocketProtocol
 from gateway.server.writes import HeadHoldingTransport
 
@@ -82,7 +82,7 @@ class _Refused(Exception):
     """Raised from a parser callback; httptools turns it into a parser error, which ends in send_400_response."""
 
 
-class EdgeProtocol(HttpToolsProtocol):
+class EdgeProtocol(SendTimeout, HttpToolsProtocol):
     def __init__(
         self,
         config: Config,
@@ -100,7 +100,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_timeout = limits.head_timeout
         self._body_window = limits.body_timeout
         self._body_window_minimum = limits.body_min_rate * limits.body_timeout
-        self._send_timeout = limits.send_timeout
+        self._start_send_timeout(self.loop, limits.send_timeout)
         self._refusal: Refusal | None = None
         # Per request, gathered as the parser hands over the head (so that the checks cost no second pass):
         self._reading_head = False  # between the first byte of a request and the end of its head
@@ -124,7 +124,6 @@ class EdgeProtocol(HttpToolsProtocol):
         self._offers_splice = False  # set per connection: plain TCP, and an app that lets the message through
         self._idle_deadline = Deadline(self.loop, self.timeout_keep_alive_handler)
         self._last_request = False  # shutting down: the next request's answer closes the connection
-        self._send_deadline = Deadline(self.loop, self._send_timed_out)  # set while writing is paused
         self._raw_root_path = self.root_path.encode("ascii")
 
     # Connection
@@ -145,22 +144,10 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         self._idle_deadline.cancel()
-        self._send_deadline.cancel()
         super().connection_lost(exc)
         callback, self._on_client_gone = self._on_client_gone, None
         if callback is not None and not (self.cycle is not None and self.cycle.response_complete):
             callback()  # an exchange whose response went out whole is not cut short by the close that follows
-
-    # Writing: the transport asks to pause when the client leaves too much unread, and to resume once it took
-    # enough; a client that stays paused for `send_timeout` is dropped (nginx's send_timeout).
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._send_deadline.set(self._send_timeout)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._send_deadline.clear()
 
     def _send_timed_out(self) -> None:
         if self._running is not None:

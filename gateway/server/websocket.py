@@ -18,14 +18,13 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
-from gateway.deadline import Deadline
 from gateway.server.cycle import SEND_TIMEOUT
-from gateway.server.limits import limits_for
+from gateway.server.limits import SendTimeout, limits_for
 
 logger = logging.getLogger("gateway.server")
 
 
-class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
+class EdgeWebSocketProtocol(SendTimeout, WebSocketsSansIOProtocol):
     """Drops a client that takes none of what is written for it for `send_timeout` seconds, as the edge's HTTP
     protocol does: the session ends as for a client that left (the relay closes the upstream session)."""
 
@@ -37,20 +36,7 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._send_timeout = limits_for(config).send_timeout
-        self._send_deadline = Deadline(self.loop, self._send_timed_out)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._send_deadline.set(self._send_timeout)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._send_deadline.clear()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._send_deadline.cancel()
-        super().connection_lost(exc)
+        self._start_send_timeout(self.loop, limits_for(config).send_timeout)
 
     def _send_timed_out(self) -> None:
         scope = getattr(self, "scope", None)  # set once the handshake request has been read
@@ -60,4 +46,4 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         else:
             client = "a client"
         logger.info("dropped the WebSocket connection of %s: it took nothing for %g s", client, self._send_timeout)
-        self.transport.abort()  # close() would wait for the buffered frames the client does not take
+        self.transport.abort()
