@@ -6,7 +6,7 @@ One run, one nginx origin, the gateway pinned to CPU 0 (wrk and origin on CPU 1)
 difference is the edge alone. Configurations:
 
 - `edge`: `uvicorn gateway.main:app --http gateway.server:EdgeProtocol`: the default `[limits]` enforced
-- `no-limits`: the same with uvicorn's own httptools protocol (no limits, no Host or framing checks)
+- `no-limits`: the same with `--http httptools`, uvicorn's own protocol (no limits, no Host or framing checks)
 - `python-m`: `python -m gateway` on plain HTTP (the Procfile's way): the same edge protocol and limits
 - `tls`: `python -m gateway` with `[tls]` (a trustme certificate, ECDSA P-256, TLS 1.3), limits enforced
 
@@ -53,7 +53,7 @@ def commands(port: int, workdir: Path) -> dict[str, tuple[list[str], dict[str, s
     plain = f"http://127.0.0.1:{port}"
     return {
         "edge": ([*uvicorn, "--http", "gateway.server:EdgeProtocol"], {}, plain),
-        "no-limits": (uvicorn, {}, plain),
+        "no-limits": ([*uvicorn, "--http", "httptools"], {}, plain),
         "python-m": (main, {}, plain),
         "tls": (main, tls, f"https://127.0.0.1:{port}"),
     }

@@ -261,12 +261,11 @@ def _status_kib(pid: int, key: str) -> int:
 
 @contextlib.contextmanager
 def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[GatewayProcess]:
-    """`uvicorn gateway.main:app` in its own process (for memory and signal tests), on a pre-bound socket."""
+    """`uvicorn gateway.main:app` in its own process (for memory and signal tests), on a pre-bound socket; as the
+    customer runs it, without `--http` (gateway.main puts the edge protocol in place)."""
     sock = loopback_socket()
     sock.listen(128)
     command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--fd", str(sock.fileno())]
-    command += ["--http", "gateway.server:EdgeProtocol", "--ws-per-message-deflate", "false"]
-    command += ["--no-proxy-headers"]
     command += ["--log-level", "warning", *args]
     full_env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
     full_env.update(env)

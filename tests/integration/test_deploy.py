@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from gateway.server import server_options
 from settings import load_settings
 from settings.reference import END, START, reference
-from tests.servers import ROOT, WAIT, free_port, python_m_gateway, wait_for_health
+from tests.servers import ROOT, WAIT, free_port, gateway_process, python_m_gateway, scripted_upstream, wait_for_health
 
 
 def test_procfile_serves_on_port_keeps_idle_connections_and_stops_gracefully() -> None:
@@ -57,6 +58,37 @@ def test_python_m_gateway_options_follow_settings_and_port(monkeypatch: pytest.M
     assert options["workers"] == 2
     assert options["proxy_headers"] is False and options["server_header"] is False
     assert server_options(load_settings(), host="0.0.0.0", port=1)["host"] == "0.0.0.0"
+
+
+def test_plain_uvicorn_serves_the_gateway_with_its_edge_and_its_own_client_addresses() -> None:
+    """`uvicorn gateway.main:app` with no `--http`: the edge's `[limits]` apply, and an X-Forwarded-For from an
+    untrusted peer is not taken for the client's address (uvicorn's proxy headers would take it from 127.0.0.1)."""
+    with scripted_upstream() as upstream:
+        env = {
+            "GATEWAY_ROUTES": json.dumps([{"prefix": "/api", "upstreams": [upstream.url]}]),
+            "GATEWAY_LIMITS__MAX_HEADERS": "10",
+        }
+        with gateway_process(env) as gateway:
+            crowded = httpx.get(gateway.url + "/api/x", headers={f"x-extra-{index}": "1" for index in range(10)})
+            forwarded = httpx.get(gateway.url + "/api/x", headers={"X-Forwarded-For": "203.0.113.7"})
+            record = json.loads(gateway.stdout_lines(1, skip="/_gateway/")[0])  # the edge's 431 is not in it
+    assert crowded.status_code == 431
+    assert forwarded.status_code == 200
+    assert [request.header(b"x-forwarded-for") for request in upstream.requests] == [[b"127.0.0.1"]]
+    assert (record["status"], record["client_ip"]) == (200, "127.0.0.1")
+
+
+def test_plain_uvicorn_keeps_an_explicit_http_protocol_and_warns_of_what_it_lacks() -> None:
+    with scripted_upstream() as upstream:
+        env = {
+            "GATEWAY_ROUTES": json.dumps([{"prefix": "/api", "upstreams": [upstream.url]}]),
+            "GATEWAY_LIMITS__MAX_HEADERS": "10",
+        }
+        with gateway_process(env, ("--http", "httptools")) as gateway:
+            crowded = httpx.get(gateway.url + "/api/x", headers={f"x-extra-{index}": "1" for index in range(10)})
+            stderr = gateway.stderr()
+    assert crowded.status_code == 200
+    assert "served with uvicorn's --http HttpToolsProtocol: [limits]" in stderr
 
 
 def test_readme_configuration_reference_matches_the_models() -> None:
