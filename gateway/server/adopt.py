@@ -1,13 +1,15 @@
 """`uvicorn gateway.main:app` served as the gateway, not as a bare uvicorn app.
 
 Without `--http gateway.server:EdgeProtocol`, uvicorn serves the app with its own protocol: no `[limits]`, no
-Host or framing checks, no send timeouts and no splice(2); and its proxy-header middleware rewrites the client
-address from X-Forwarded-For before the gateway's own (`proxy.trusted_proxies`) sees it. uvicorn reads the
-protocol and the options below from its Config only after it has imported the app (its command line imports the
-app first; a worker process resolves the protocol class earlier but builds each connection's protocol from the
-Config later). So while uvicorn imports gateway.main, the gateway finds the Config doing so and, if `--http` was
-left at `auto`, applies what `python -m gateway` sets for these. An explicit `--http` is the operator's choice:
-kept, with a warning when it is not the edge.
+Host or framing checks, no send timeouts and no splice(2). Its proxy-header middleware rewrites the client
+address from X-Forwarded-For before the gateway's own (`proxy.trusted_proxies`) sees it. And it listens on one
+socket, where a busy worker is slow to take a burst of new connections (gateway.server.listen).
+
+uvicorn reads the protocol, the event loop and the options below from its Config only after it has imported the
+app (its command line imports the app first; a worker process resolves the protocol class earlier, but builds
+each connection's protocol from the Config later). So while uvicorn imports gateway.main, the gateway finds the
+Config doing so and, if `--http` was left at `auto`, applies what `python -m gateway` sets for these. An
+explicit `--http` is the operator's choice: kept, with a warning when it is not the edge.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uvicorn
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
+from gateway.server.listen import ManyListenersLoop
 from gateway.server.protocol import EdgeProtocol
 from gateway.server.runner import server_options
 from settings import GatewaySettings
@@ -52,12 +55,14 @@ def adopt_loading_config(settings: GatewaySettings) -> None:
         setattr(config, name, options[name])
     if config.limit_concurrency is None:
         config.limit_concurrency = options["limit_concurrency"]
+    if config.loop == "auto":
+        config.loop = f"{ManyListenersLoop.__module__}:{ManyListenersLoop.__qualname__}"
     # What uvicorn's --no-access-log does: its protocols log access when this logger has handlers.
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.handlers = []
     uvicorn_access.propagate = False
     logger.info(
-        "serving with the gateway's edge protocol; uvicorn's proxy headers and access log are off "
+        "serving with the gateway's edge protocol and listeners; uvicorn's proxy headers and access log are off "
         "(proxy.trusted_proxies and the gateway's access log take their place)"
     )
 

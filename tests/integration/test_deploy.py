@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway.server import server_options
+from gateway.server.listen import LISTENERS
 from settings import load_settings
 from settings.reference import END, START, reference
 from tests.servers import ROOT, WAIT, free_port, gateway_process, python_m_gateway, scripted_upstream, wait_for_health
@@ -89,6 +91,27 @@ def test_plain_uvicorn_keeps_an_explicit_http_protocol_and_warns_of_what_it_lack
             stderr = gateway.stderr()
     assert crowded.status_code == 200
     assert "served with uvicorn's --http HttpToolsProtocol: [limits]" in stderr
+
+
+def test_plain_uvicorn_listens_on_many_sockets_like_python_m_gateway() -> None:
+    port = free_port()
+    env = {**os.environ, "GATEWAY_ROUTES": "[]"}
+    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", process)
+        listening = _listening_sockets(port)
+    finally:
+        process.terminate()
+        process.wait(WAIT)
+    assert listening == LISTENERS
+
+
+def _listening_sockets(port: int) -> int:
+    """TCP sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (state 0A is LISTEN)."""
+    local = f"0100007F:{port:04X}"
+    rows = [line.split() for line in (Path("/proc/net/tcp").read_text().splitlines()[1:])]
+    return sum(1 for row in rows if row[1] == local and row[3] == "0A")
 
 
 def test_readme_configuration_reference_matches_the_models() -> None:
