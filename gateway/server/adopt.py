@@ -62,7 +62,7 @@ def adopt_loading_config(settings: GatewaySettings) -> None:
     uvicorn_access.handlers = []
     uvicorn_access.propagate = False
     logger.info(
-        "serving with the gateway's edge protocol and listeners; uvicorn's proxy headers and access log are off "
+        "serving with the gateway's edge protocol; uvicorn's proxy headers and access log are off "
         "(proxy.trusted_proxies and the gateway's access log take their place)"
     )
 

@@ -13,6 +13,7 @@ connections, so the address is first probed with an ordinary bind: a port in use
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -74,7 +75,7 @@ class ManyListenersLoop(uvloop.Loop):
     async def create_server(  # type: ignore[override]
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: Any = None, port: Any = None, **options: Any
     ) -> asyncio.AbstractServer | Listeners:
-        if not isinstance(host, str) or not isinstance(port, int) or options.keys() - _PLAIN_OPTIONS:
+        if not _is_address(host) or not isinstance(port, int) or options.keys() - _PLAIN_OPTIONS:
             return await super().create_server(protocol_factory, host, port, **options)
         sockets = _bind(host, port, options.get("backlog", 100), LISTENERS)
         servers = []
@@ -90,6 +91,15 @@ class ManyListenersLoop(uvloop.Loop):
 
 # What uvicorn passes besides host and port: anything else (a family, reuse_port) gets uvloop's own server.
 _PLAIN_OPTIONS = frozenset({"ssl", "backlog"})
+
+
+def _is_address(host: object) -> bool:
+    """An IP address (a name such as localhost may stand for several, which uvloop binds one by one)."""
+    try:
+        ipaddress.ip_address(host)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
 
 
 class Listeners:

@@ -11,7 +11,7 @@ from typing import cast
 import pytest
 import uvicorn
 
-from gateway.server.listen import LISTENERS, ListenError, ManyListenersLoop, listening_sockets
+from gateway.server.listen import LISTENERS, ListenError, Listeners, ManyListenersLoop, listening_sockets
 
 
 def test_the_sockets_share_one_port_and_all_of_them_accept() -> None:
@@ -95,6 +95,17 @@ def test_the_loop_leaves_a_given_socket_to_uvloop() -> None:
             assert len(server.sockets) == 1
             server.close()
             await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=ManyListenersLoop) as runner:
+        runner.run(scenario())
+
+
+def test_the_loop_leaves_a_host_name_to_uvloop() -> None:
+    async def scenario() -> None:
+        server = await asyncio.get_running_loop().create_server(_Echo, "localhost", 0)
+        assert not isinstance(server, Listeners)  # a name may stand for several addresses, bound one by one
+        server.close()
+        await server.wait_closed()
 
     with asyncio.Runner(loop_factory=ManyListenersLoop) as runner:
         runner.run(scenario())
