@@ -45,6 +45,7 @@ def listening_sockets(config: uvicorn.Config, count: int = LISTENERS) -> list[so
 
 def _bind(host: str, port: int, backlog: int, count: int) -> list[socket.socket]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    requested = port
     sockets: list[socket.socket] = []
     try:
         if port:
@@ -63,7 +64,7 @@ def _bind(host: str, port: int, backlog: int, count: int) -> list[socket.socket]
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ListenError(f"cannot listen on {host}:{requested}: {exc.strerror or exc}") from None
     return sockets
 
 
@@ -83,7 +84,8 @@ class ManyListenersLoop(uvloop.Loop):
             for sock in sockets:
                 servers.append(await super().create_server(protocol_factory, sock=sock, **options))
         except BaseException:
-            for sock in sockets:
+            Listeners(servers).close()
+            for sock in sockets[len(servers) :]:
                 sock.close()
             raise
         return Listeners(servers)
