@@ -2,8 +2,8 @@
 
 Without `--http gateway.server:EdgeProtocol`, uvicorn serves the app with its own protocol: no `[limits]`, no
 Host or framing checks, no send timeouts and no splice(2). Its proxy-header middleware rewrites the client
-address from X-Forwarded-For before the gateway's own (`proxy.trusted_proxies`) sees it. And it listens on one
-socket, where a busy worker is slow to take a burst of new connections (gateway.server.listen).
+address from X-Forwarded-For before the gateway's own (`proxy.trusted_proxies`) sees it. And its loop takes one
+new connection per turn, so that a busy worker is slow to take a burst of them (gateway.server.listen).
 
 uvicorn reads the protocol, the event loop and the options below from its Config only after it has imported the
 app (its command line imports the app first; a worker process resolves the protocol class earlier, but builds
@@ -21,7 +21,6 @@ import uvicorn
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
-from gateway.server.listen import ManyListenersLoop
 from gateway.server.protocol import EdgeProtocol
 from gateway.server.runner import server_options
 from settings import GatewaySettings
@@ -56,7 +55,7 @@ def adopt_loading_config(settings: GatewaySettings) -> None:
     if config.limit_concurrency is None:
         config.limit_concurrency = options["limit_concurrency"]
     if config.loop == "auto":
-        config.loop = f"{ManyListenersLoop.__module__}:{ManyListenersLoop.__qualname__}"
+        config.loop = options["loop"]
     # What uvicorn's --no-access-log does: its protocols log access when this logger has handlers.
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.handlers = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -11,14 +10,12 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from gateway.server.listen import ListenError, listening_sockets
+from gateway.server.listen import LOOP
 from gateway.server.protocol import EdgeProtocol
 from gateway.server.redirect import RedirectToHttps
 from gateway.server.tls import ContextFactory
 from gateway.workers import prepare_workers
 from settings import GatewaySettings, LimitsSettings
-
-logger = logging.getLogger("gateway.server")
 
 APP = "gateway.main:app"  # an import string, so that each worker process builds its own app (pools are per worker)
 STARTUP_FAILURE = 3  # uvicorn's exit status when it could not start
@@ -45,6 +42,7 @@ def server_options(settings: GatewaySettings, *, host: str | None = None, port: 
         port=port if port is not None else int(os.environ.get("PORT", server.port)),
         workers=server.workers,
         http=EdgeProtocol,
+        loop=LOOP,
         limit_concurrency=settings.limits.max_connections,
         # uvicorn refuses (1009) a client message over the largest any route accepts, before buffering it whole.
         # No permessage-deflate towards clients: one read of compressed frames can inflate to hundreds of MiB
@@ -71,9 +69,8 @@ def run_server(settings: GatewaySettings, *, host: str | None = None, port: int 
     # makes that a plain exit 0, and a SIGTERM during start-up a prompt stop.
     signal.signal(signal.SIGTERM, lambda signum, frame: setattr(server, "should_exit", True))
     try:
-        sockets = listening_sockets(config)
-    except ListenError as exc:
-        logger.error("%s", exc)
+        sockets = [config.bind_socket()]  # the loop (gateway.server.listen) accepts through 64 descriptors of it
+    except SystemExit:  # uvicorn has logged why (the address is in use, say)
         return STARTUP_FAILURE
     try:
         if redirect is not None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.server import server_options
-from gateway.server.listen import LISTENERS
+from gateway.server.listen import LISTENERS, LOOP
 from settings import load_settings
 from settings.reference import END, START, reference
 from tests.servers import ROOT, WAIT, free_port, gateway_process, python_m_gateway, scripted_upstream, wait_for_health
@@ -93,25 +93,47 @@ def test_plain_uvicorn_keeps_an_explicit_http_protocol_and_warns_of_what_it_lack
     assert "served with uvicorn's --http HttpToolsProtocol: [limits]" in stderr
 
 
-def test_plain_uvicorn_listens_on_many_sockets_like_python_m_gateway() -> None:
+@pytest.mark.parametrize("options", [(), ("--workers", "2", "--loop", LOOP)], ids=["one-process", "workers"])
+def test_plain_uvicorn_accepts_through_many_descriptors_like_python_m_gateway(options: tuple[str, ...]) -> None:
+    """One process gets the gateway's loop by itself. Worker processes choose their loop before they import the
+    app, so there it is named with --loop (README); each worker's loop dups the socket uvicorn hands it."""
     port = free_port()
     env = {**os.environ, "GATEWAY_ROUTES": "[]"}
-    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--port", str(port), *options]
+    process = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    workers = 2 if options else 1
     try:
         wait_for_health(f"http://127.0.0.1:{port}", process)
-        listening = _listening_sockets(port)
+        for _ in range(100):  # bounded: health says one worker is up; wait up to 10 s for the others
+            descriptors = _listening_descriptors(process.pid, port)
+            if sorted(descriptors.values())[-workers:] == [LISTENERS] * workers:
+                break
+            time.sleep(0.1)
     finally:
         process.terminate()
         process.wait(WAIT)
-    assert listening == LISTENERS
+    assert sorted(descriptors.values())[-workers:] == [LISTENERS] * workers
 
 
-def _listening_sockets(port: int) -> int:
-    """TCP sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (state 0A is LISTEN)."""
+def _listening_descriptors(parent: int, port: int) -> dict[int, int]:
+    """For `parent` and each of its children: how many of its descriptors are the socket listening on
+    127.0.0.1:`port` (/proc/net/tcp gives its inode; state 0A is LISTEN)."""
     local = f"0100007F:{port:04X}"
-    rows = [line.split() for line in (Path("/proc/net/tcp").read_text().splitlines()[1:])]
-    return sum(1 for row in rows if row[1] == local and row[3] == "0A")
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    link = next(f"socket:[{row[9]}]" for row in rows if row[1] == local and row[3] == "0A")
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    counts = {}
+    for pid in [parent, *map(int, children)]:
+        fds = Path(f"/proc/{pid}/fd")
+        counts[pid] = sum(1 for fd in fds.iterdir() if _readlink(fd) == link)
+    return counts
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed while we looked
+        return ""
 
 
 def test_readme_configuration_reference_matches_the_models() -> None:

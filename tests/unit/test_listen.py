@@ -1,61 +1,16 @@
-"""Several listening sockets share one address, and together they take every connection; under plain uvicorn
-the gateway's event loop listens that way."""
+"""The gateway's loop accepts through many descriptors of each listening socket, and closes them all."""
 
 from __future__ import annotations
 
 import asyncio
-import select
+import contextlib
+import os
 import socket
 from typing import cast
 
 import pytest
-import uvicorn
 
-from gateway.server.listen import LISTENERS, ListenError, Listeners, ManyListenersLoop, listening_sockets
-
-
-def test_the_sockets_share_one_port_and_all_of_them_accept() -> None:
-    sockets = listening_sockets(uvicorn.Config("gateway.main:app", host="127.0.0.1", port=0), count=8)
-    try:
-        ports = {sock.getsockname()[1] for sock in sockets}
-        assert len(sockets) == 8 and len(ports) == 1
-        port = ports.pop()
-        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
-        accepted = 0
-        for _ in range(200):  # bounded: each pass takes what is waiting
-            if accepted == len(clients):
-                break
-            ready, _, _ = select.select(sockets, [], [], 1)
-            for sock in ready:
-                connection, _ = sock.accept()
-                connection.close()
-                accepted += 1
-        assert accepted == len(clients)
-        for client in clients:
-            client.close()
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def test_an_address_in_use_is_a_clear_error() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
-            listening_sockets(uvicorn.Config("gateway.main:app", host="127.0.0.1", port=port), count=4)
-
-
-def test_a_second_gateway_cannot_join_the_port() -> None:
-    first = listening_sockets(uvicorn.Config("gateway.main:app", host="127.0.0.1", port=0), count=4)
-    try:
-        port = first[0].getsockname()[1]
-        with pytest.raises(ListenError, match="in use"):
-            listening_sockets(uvicorn.Config("gateway.main:app", host="127.0.0.1", port=port), count=4)
-    finally:
-        for sock in first:
-            sock.close()
+from gateway.server.listen import LISTENERS, ManyListenersLoop
 
 
 class _Echo(asyncio.Protocol):
@@ -66,18 +21,39 @@ class _Echo(asyncio.Protocol):
         self.transport.write(data)
 
 
-def test_the_loop_serves_a_host_and_port_on_many_sockets_and_closes_them_all() -> None:
+def _descriptors_of(sock: socket.socket) -> int:
+    """This process's descriptors for the socket `sock` is (one inode, however many dup(2) made)."""
+    target = os.readlink(f"/proc/self/fd/{sock.fileno()}")
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+            count += os.readlink(f"/proc/self/fd/{fd}") == target
+    return count
+
+
+async def _echoes(port: int, count: int) -> None:
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+    for index, (reader, writer) in enumerate(streams):
+        writer.write(b"%d\n" % index)
+        assert await asyncio.wait_for(reader.readline(), 5) == b"%d\n" % index
+        writer.close()
+
+
+@pytest.mark.parametrize("given_socket", [False, True], ids=["host-and-port", "given-socket"])
+def test_a_server_listens_through_many_descriptors_serves_and_closes_them_all(given_socket: bool) -> None:
     async def scenario() -> None:
-        server = await asyncio.get_running_loop().create_server(_Echo, "127.0.0.1", 0, backlog=128)
-        sockets = server.sockets
-        ports = {sock.getsockname()[1] for sock in sockets}
-        assert len(sockets) == LISTENERS and len(ports) == 1
-        port = ports.pop()
-        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
-        for index, (reader, writer) in enumerate(streams):
-            writer.write(b"%d\n" % index)
-            assert await asyncio.wait_for(reader.readline(), 5) == b"%d\n" % index
-            writer.close()
+        loop = asyncio.get_running_loop()
+        if given_socket:  # as uvicorn's worker processes, --fd and --reload hand it one
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            server = await loop.create_server(_Echo, sock=sock, backlog=128)
+        else:
+            server = await loop.create_server(_Echo, "127.0.0.1", 0, backlog=128)
+        assert len(server.sockets) == 1
+        listening = server.sockets[0]
+        assert _descriptors_of(listening) == LISTENERS
+        port = listening.getsockname()[1]
+        await _echoes(port, 40)
         server.close()
         await server.wait_closed()
         with pytest.raises(OSError):
@@ -87,25 +63,37 @@ def test_the_loop_serves_a_host_and_port_on_many_sockets_and_closes_them_all() -
         runner.run(scenario())
 
 
-def test_the_loop_leaves_a_given_socket_to_uvloop() -> None:
+def test_a_burst_of_connections_is_taken_within_a_few_turns_of_the_loop() -> None:
+    """128 connections waiting at once: with one descriptor, uvloop takes one a turn (128 turns)."""
+
     async def scenario() -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            server = await asyncio.get_running_loop().create_server(_Echo, sock=sock)
-            assert len(server.sockets) == 1
-            server.close()
-            await server.wait_closed()
+        loop = asyncio.get_running_loop()
+        accepted: list[int] = []
+        turns = [0]
 
-    with asyncio.Runner(loop_factory=ManyListenersLoop) as runner:
-        runner.run(scenario())
+        class Counting(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.append(turns[0])
 
+        def turn() -> None:
+            turns[0] += 1
+            if turns[0] < 1000:
+                loop.call_soon(turn)
 
-def test_the_loop_leaves_a_host_name_to_uvloop() -> None:
-    async def scenario() -> None:
-        server = await asyncio.get_running_loop().create_server(_Echo, "localhost", 0)
-        assert not isinstance(server, Listeners)  # a name may stand for several addresses, bound one by one
+        server = await loop.create_server(Counting, "127.0.0.1", 0, backlog=256)
+        port = server.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(128)]
+        loop.call_soon(turn)
+        for _ in range(1000):  # bounded: as many turns as the counter runs
+            if len(accepted) == len(clients):
+                break
+            await asyncio.sleep(0)
+        for client in clients:
+            client.close()
         server.close()
         await server.wait_closed()
+        assert len(accepted) == 128
+        assert max(accepted) - min(accepted) <= 4
 
     with asyncio.Runner(loop_factory=ManyListenersLoop) as runner:
         runner.run(scenario())
