@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -16,6 +17,8 @@ from gateway.server.redirect import RedirectToHttps
 from gateway.server.tls import ContextFactory
 from gateway.workers import prepare_workers
 from settings import GatewaySettings, LimitsSettings
+
+logger = logging.getLogger("gateway.server")
 
 APP = "gateway.main:app"  # an import string, so that each worker process builds its own app (pools are per worker)
 STARTUP_FAILURE = 3  # uvicorn's exit status when it could not start
@@ -70,7 +73,8 @@ def run_server(settings: GatewaySettings, *, host: str | None = None, port: int 
     signal.signal(signal.SIGTERM, lambda signum, frame: setattr(server, "should_exit", True))
     try:
         sockets = [config.bind_socket()]  # the loop (gateway.server.listen) accepts through 64 descriptors of it
-    except SystemExit:  # uvicorn has logged why (the address is in use, say)
+    except SystemExit:  # uvicorn has logged why (the address is in use, say); this says where
+        logger.error("cannot listen on %s:%d", config.host, config.port)
         return STARTUP_FAILURE
     try:
         if redirect is not None:

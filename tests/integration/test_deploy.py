@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,6 +135,19 @@ def _readlink(path: Path) -> str:
         return os.readlink(path)
     except OSError:  # closed while we looked
         return ""
+
+
+def test_python_m_gateway_on_a_port_in_use_stops_with_the_address_and_why() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = python_m_gateway(
+            "serve", "--port", str(port), env={"GATEWAY_ROUTES": "[]"}, stdout=subprocess.DEVNULL
+        )
+        _, stderr = process.communicate(timeout=WAIT)
+    assert process.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}" in stderr.decode() and "Address already in use" in stderr.decode()
 
 
 def test_readme_configuration_reference_matches_the_models() -> None:
