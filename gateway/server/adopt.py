@@ -6,21 +6,24 @@ address from X-Forwarded-For before the gateway's own (`proxy.trusted_proxies`) 
 new connection per turn, so that a busy worker is slow to take a burst of them (gateway.server.listen).
 
 uvicorn reads the protocol, the event loop and the options below from its Config only after it has imported the
-app (its command line imports the app first; a worker process resolves the protocol class earlier, but builds
-each connection's protocol from the Config later). So while uvicorn imports gateway.main, the gateway finds the
-Config doing so and, if `--http` was left at `auto`, applies what `python -m gateway` sets for these. An
-explicit `--http` is the operator's choice: kept, with a warning when it is not the edge.
+app (its command line imports the app first; a worker process resolves the protocol class and starts its loop
+earlier, but builds its servers and each connection's protocol later). So while uvicorn imports gateway.main,
+the gateway finds the Config doing so and, if `--http` was left at `auto`, applies what `python -m gateway` sets
+for these. An explicit `--http` is the operator's choice: kept, with a warning when it is not the edge.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 import uvicorn
+import uvloop
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
+from gateway.server.listen import ManyListenersLoop
 from gateway.server.protocol import EdgeProtocol
 from gateway.server.runner import server_options
 from settings import GatewaySettings
@@ -56,6 +59,7 @@ def adopt_loading_config(settings: GatewaySettings) -> None:
         config.limit_concurrency = options["limit_concurrency"]
     if config.loop == "auto":
         config.loop = options["loop"]
+        _running_loop_accepts_through_many_descriptors()
     # What uvicorn's --no-access-log does: its protocols log access when this logger has handlers.
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.handlers = []
@@ -64,6 +68,18 @@ def adopt_loading_config(settings: GatewaySettings) -> None:
         "serving with the gateway's edge protocol; uvicorn's proxy headers and access log are off "
         "(proxy.trusted_proxies and the gateway's access log take their place)"
     )
+
+
+def _running_loop_accepts_through_many_descriptors() -> None:
+    """A worker process (`--workers`, `--reload`) runs its loop before it imports the app, so the Config's loop
+    comes too late there; its servers are not made yet, so that loop can still become the gateway's (the same
+    uvloop, with ManyListenersLoop's create_server)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # uvicorn's command line in one process: it starts the Config's loop after this
+    if type(loop) is uvloop.Loop:
+        loop.__class__ = ManyListenersLoop
 
 
 def _config_importing_app() -> uvicorn.Config | None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.server import server_options
-from gateway.server.listen import LISTENERS, LOOP
+from gateway.server.listen import LISTENERS
 from settings import load_settings
 from settings.reference import END, START, reference
 from tests.servers import ROOT, WAIT, free_port, gateway_process, python_m_gateway, scripted_upstream, wait_for_health
@@ -94,10 +94,10 @@ def test_plain_uvicorn_keeps_an_explicit_http_protocol_and_warns_of_what_it_lack
     assert "served with uvicorn's --http HttpToolsProtocol: [limits]" in stderr
 
 
-@pytest.mark.parametrize("options", [(), ("--workers", "2", "--loop", LOOP)], ids=["one-process", "workers"])
+@pytest.mark.parametrize("options", [(), ("--workers", "2")], ids=["one-process", "workers"])
 def test_plain_uvicorn_accepts_through_many_descriptors_like_python_m_gateway(options: tuple[str, ...]) -> None:
-    """One process gets the gateway's loop by itself. Worker processes choose their loop before they import the
-    app, so there it is named with --loop (README); each worker's loop dups the socket uvicorn hands it."""
+    """In one process and in worker processes (whose loop runs before they import the app), each serving
+    process's loop dups the socket uvicorn listens on."""
     port = free_port()
     env = {**os.environ, "GATEWAY_ROUTES": "[]"}
     command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--port", str(port), *options]
