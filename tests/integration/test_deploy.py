@@ -94,15 +94,22 @@ def test_plain_uvicorn_keeps_an_explicit_http_protocol_and_warns_of_what_it_lack
     assert "served with uvicorn's --http HttpToolsProtocol: [limits]" in stderr
 
 
-@pytest.mark.parametrize("options", [(), ("--workers", "2")], ids=["one-process", "workers"])
-def test_plain_uvicorn_accepts_through_many_descriptors_like_python_m_gateway(options: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("args", "workers"),
+    [
+        (("-m", "uvicorn", "gateway.main:app", "--port", "PORT"), 1),
+        (("-m", "uvicorn", "gateway.main:app", "--port", "PORT", "--workers", "2"), 2),
+        (("-m", "gateway", "serve", "--port", "PORT"), 2),  # server.workers = 2, from the environment
+    ],
+    ids=["uvicorn", "uvicorn-workers", "python-m-gateway-workers"],
+)
+def test_every_serving_process_accepts_through_many_descriptors(args: tuple[str, ...], workers: int) -> None:
     """In one process and in worker processes (whose loop runs before they import the app), each serving
     process's loop dups the socket uvicorn listens on."""
     port = free_port()
-    env = {**os.environ, "GATEWAY_ROUTES": "[]"}
-    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--port", str(port), *options]
-    process = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    workers = 2 if options else 1
+    env = {**os.environ, "GATEWAY_ROUTES": "[]", "GATEWAY_SERVER__WORKERS": str(workers)}
+    command = [sys.executable, *(str(port) if arg == "PORT" else arg for arg in args)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_health(f"http://127.0.0.1:{port}", process)
         for _ in range(100):  # bounded: health says one worker is up; wait up to 10 s for the others
