@@ -23,7 +23,6 @@ import uvloop
 
 # Descriptors per listening socket: 128 new connections at once are all taken within two turns of the loop.
 LISTENERS = 64
-LOOP = "gateway.server.listen:ManyListenersLoop"  # as uvicorn's `loop` option names it
 
 
 class ManyListenersLoop(uvloop.Loop):
@@ -34,20 +33,28 @@ class ManyListenersLoop(uvloop.Loop):
     ) -> Listeners:
         server = await super().create_server(protocol_factory, host, port, **options)
         listeners = Listeners(server)
-        same = {name: options[name] for name in ("ssl", "backlog") if name in options}
+        same: dict[str, Any] = {name: options[name] for name in ("ssl", "backlog") if name in options}
         try:
             for sock in getattr(server, "sockets", ()):  # an asyncio.Server's (AbstractServer does not say)
                 for _ in range(LISTENERS - 1):
-                    duplicate = socket.socket(fileno=os.dup(sock.fileno()))
-                    try:
-                        listeners.add(await super().create_server(protocol_factory, sock=duplicate, **same))
-                    except BaseException:
-                        duplicate.close()
-                        raise
+                    listeners.add(await self._serve_duplicate(protocol_factory, sock, same))
         except BaseException:
             listeners.close()
             raise
         return listeners
+
+    async def _serve_duplicate(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], sock: socket.socket, options: dict[str, Any]
+    ) -> asyncio.AbstractServer:
+        duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            return await super().create_server(protocol_factory, sock=duplicate, **options)
+        except BaseException:
+            duplicate.close()
+            raise
+
+
+LOOP = f"{ManyListenersLoop.__module__}:{ManyListenersLoop.__qualname__}"  # as uvicorn's `loop` option names it
 
 
 class Listeners:
