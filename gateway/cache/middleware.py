@@ -348,23 +348,20 @@ class CacheMiddleware:
 
     async def _unsafe(self, scope: Scope, receive: Receive, send: Send, key: str) -> None:
         """RFC 9111 4.4: a non-error answer to an unsafe method invalidates the target and same-origin
-        Location / Content-Location."""
-        outcome: dict[str, Any] = {"status": 0, "headers": []}
+        Location / Content-Location. Before the client has the answer: a client that reads its own write next,
+        from this instance or another sharing the store, must not get the old response."""
 
-        async def observe(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
-                outcome["headers"] = message.get("headers", [])
+        async def invalidate_first(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 400:
+                await self._store.drop(key)
+                host = key.split(" ", 1)[0]
+                for name in (b"location", b"content-location"):
+                    target = _same_origin_target(first(message.get("headers", []), name), host)
+                    if target is not None:
+                        await self._store.drop(f"{host} {target}")
             await send(message)
 
-        await self.app(scope, receive, observe)
-        if 200 <= outcome["status"] < 400:
-            await self._store.drop(key)
-            host = key.split(" ", 1)[0]
-            for name in (b"location", b"content-location"):
-                target = _same_origin_target(first(outcome["headers"], name), host)
-                if target is not None:
-                    await self._store.drop(f"{host} {target}")
+        await self.app(scope, receive, invalidate_first)
 
 
 def _ranged(client_headers: list[Header], stored: Stored, headers: list[Header]) -> tuple[int, bytes, list[Header]]:

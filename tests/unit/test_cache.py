@@ -10,9 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import create_app
-from gateway.cache import middleware
+from gateway.cache import CacheMiddleware, MemoryCacheStore, middleware
+from settings import CacheSettings
 from tests.conftest import settings_with
 
 pytestmark = pytest.mark.anyio
@@ -153,6 +155,31 @@ async def test_unsafe_methods_invalidate_the_target_and_its_location(clock: Cloc
         await client.get("/items")
         await client.get("/items/7")
     assert items.call_count == 2 and item.call_count == 2
+
+
+async def test_an_unsafe_method_invalidates_before_the_client_has_the_answer() -> None:
+    """A client that posts to one instance and reads from another must not race the invalidation."""
+    events: list[str] = []
+
+    class RecordingStore(MemoryCacheStore):
+        async def drop(self, key: str) -> None:
+            events.append(f"drop {key}")
+            await super().drop(key)
+
+    async def upstream(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"location", b"/items/7")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def client(message: Message) -> None:
+        events.append(message["type"])
+
+    async def no_body() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    cache = CacheMiddleware(upstream, settings=CacheSettings(enabled=True), store=RecordingStore(1 << 20))
+    scope = {"type": "http", "method": "POST", "path": "/items", "raw_path": b"/items", "query_string": b""}
+    await cache({**scope, "headers": [(b"host", b"gw.test")]}, no_body, client)
+    assert events == ["drop gw.test /items", "drop gw.test /items/7", "http.response.start", "http.response.body"]
 
 
 @pytest.mark.parametrize(
