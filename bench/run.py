@@ -72,7 +72,8 @@ http {{
 """
 
 
-PEERS = ("nginx", "python-floor")  # rows that are not gateway configurations
+LAYERS = ("server", "app", "relay")  # bench/layers.py: the gateway cut short, for --layers
+PEERS = ("nginx", "python-floor", *(f"layer/{layer}" for layer in LAYERS))  # rows that are not gateway configurations
 
 
 def feature_env(features: str, workdir: Path, origin_url: str) -> dict[str, str]:
@@ -247,6 +248,12 @@ def main() -> None:
         action="store_true",
         help="also measure bench/floor.py: the least a Python relay costs (callbacks on uvloop and httptools)",
     )
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="also measure bench/layers.py on the small scenarios: the gateway's server alone, then with the app's "
+        "middleware chain, then with the proxy endpoint over a transport that answers at once",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench/run.py needs wrk: apt-get install -y wrk (nginx too, for the fast origin)")
@@ -259,10 +266,11 @@ def main() -> None:
         if shutil.which("nginx"):
             rows += nginx_rows(Path(temp), origin_url, scenarios, direct, args.duration)
         if args.floor:
-            port = free_port()
-            command = [sys.executable, "-m", "bench.floor", origin_url, "--port", str(port)]
-            floor = pinned(os.environ.get("PROXY_CPU", "0"), command)
-            rows += peer_rows("python-floor", floor, f"http://127.0.0.1:{port}", scenarios, direct, args.duration)
+            rows += module_rows("python-floor", ["bench.floor", origin_url], scenarios, direct, args.duration)
+        small = [scenario for scenario in scenarios if scenario.path == "/"]  # the layers answer `/`'s body only
+        if args.layers and small:
+            for layer in LAYERS:
+                rows += module_rows(f"layer/{layer}", ["bench.layers", layer, origin_url], small, direct, args.duration)
         for feature in features:
             port = free_port()
             env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp), origin_url)}
@@ -300,6 +308,19 @@ def peer_rows(
             (scenario, name, direct[scenario.name], measure(url, scenario, duration, peer.pid))
             for scenario in scenarios
         ]
+
+
+def module_rows(
+    name: str,
+    module_args: list[str],
+    scenarios: list[Scenario],
+    direct: dict[str, dict[str, float]],
+    duration: int,
+) -> list[tuple[Scenario, str, dict[str, float], dict[str, float]]]:
+    """A bench module serving on a free port (`python -m MODULE ARGS --port N`), pinned like the gateway."""
+    port = free_port()
+    command = pinned(os.environ.get("PROXY_CPU", "0"), [sys.executable, "-m", *module_args, "--port", str(port)])
+    return peer_rows(name, command, f"http://127.0.0.1:{port}", scenarios, direct, duration)
 
 
 def print_table(rows: list[tuple[Scenario, str, dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
