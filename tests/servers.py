@@ -259,14 +259,22 @@ def _status_kib(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+# Servers that import gateway.main:app, as gateway_process runs them ({fd}: the pre-bound socket's descriptor).
+UVICORN = ("-m", "uvicorn", "gateway.main:app", "--fd", "{fd}")
+GUNICORN = ("-m", "gunicorn", "-b", "fd://{fd}", "--no-control-socket", "gateway.main:app")
+GUNICORN_UVICORN_WORKER = (*GUNICORN, "-k", "uvicorn.workers.UvicornWorker")
+GUNICORN_ASGI_WORKER = (*GUNICORN, "-k", "asgi")
+
+
 @contextlib.contextmanager
-def gateway_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[GatewayProcess]:
-    """`uvicorn gateway.main:app` in its own process (for memory and signal tests), on a pre-bound socket; as the
-    customer runs it, without `--http` (gateway.main puts the edge protocol in place)."""
+def gateway_process(
+    env: dict[str, str], args: tuple[str, ...] = (), server: tuple[str, ...] = UVICORN
+) -> Iterator[GatewayProcess]:
+    """`uvicorn gateway.main:app` (or another `server`) in its own process (for memory and signal tests), on a
+    pre-bound socket; as the customer runs it, without `--http` (gateway.main puts the edge protocol in place)."""
     sock = loopback_socket()
     sock.listen(128)
-    command = [sys.executable, "-m", "uvicorn", "gateway.main:app", "--fd", str(sock.fileno())]
-    command += ["--log-level", "warning", *args]
+    command = [sys.executable, *(arg.format(fd=sock.fileno()) for arg in server), "--log-level", "warning", *args]
     full_env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
     full_env.update(env)
     log, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()

@@ -10,6 +10,11 @@ app (its command line imports the app first; a worker process resolves the proto
 earlier, but builds its servers and each connection's protocol later). So while uvicorn imports gateway.main,
 the gateway finds the Config doing so and, if `--http` was left at `auto`, applies what `python -m gateway` sets
 for these. An explicit `--http` is the operator's choice: kept, with a warning when it is not the edge.
+
+gunicorn with uvicorn's worker class (`-k uvicorn.workers.UvicornWorker`, or the uvicorn-worker package's) is
+served the same way: each worker makes its uvicorn Config before it imports the app and reads it after. Other
+servers that import the app by its path (gunicorn's own ASGI worker, Hypercorn, Granian, Daphne) cannot serve
+the edge protocol: a warning says what is off.
 """
 
 from __future__ import annotations
@@ -33,13 +38,23 @@ logger = logging.getLogger("gateway.server")
 # The options of server_options() that the edge, client addresses and WebSocket limits depend on; host, port,
 # workers, TLS and timeouts stay uvicorn's command-line options.
 _ADOPTED = ("proxy_headers", "access_log", "ws_per_message_deflate", "ws_max_size")
+# ASGI servers besides uvicorn that import an app by its path (their top-level packages).
+_OTHER_SERVERS = frozenset({"gunicorn", "hypercorn", "granian", "daphne"})
 
 
 def adopt_loading_config(settings: GatewaySettings) -> None:
     """Called at import by gateway.main: put the gateway's server options on the uvicorn Config importing it."""
-    config = _config_importing_app()
+    config, server = _server_importing_app()
     if config is None:
-        return  # imported by something else: python -m gateway (which serves with the edge), a test, a script
+        if server is not None:
+            logger.warning(
+                "imported by %s, which serves it without the gateway's edge protocol: [limits], the Host and "
+                "framing checks, the send timeouts and splice(2) are off; run `python -m gateway serve` "
+                "(server.workers for more processes), `uvicorn gateway.main:app`, or gunicorn with "
+                "`-k uvicorn.workers.UvicornWorker` and without --preload",
+                server,
+            )
+        return  # or imported by python -m gateway (which serves with the edge), a test, a script
     if config.http != "auto":
         chosen = config.http
         if isinstance(chosen, str):
@@ -82,13 +97,24 @@ def _running_loop_accepts_through_many_descriptors() -> None:
         loop.__class__ = ManyListenersLoop
 
 
-def _config_importing_app() -> uvicorn.Config | None:
-    """The uvicorn Config whose load_app() is importing the caller, if any (a look up the call stack)."""
+def _server_importing_app() -> tuple[uvicorn.Config | None, str | None]:
+    """The uvicorn Config the caller is being imported for, else the package of another server importing it (a
+    look up the call stack): (None, None) when neither is found.
+
+    uvicorn's loader is `Config.load_app`; a gunicorn worker imports the app in its `load_wsgi`, and a uvicorn
+    worker class keeps its Config as the worker's `config`."""
     load_app = uvicorn.Config.load_app.__code__
+    server = None
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code is load_app:
             config = frame.f_locals.get("self")
-            return config if isinstance(config, uvicorn.Config) else None
+            return (config if isinstance(config, uvicorn.Config) else None), None
+        package = str(frame.f_globals.get("__name__", "")).partition(".")[0]
+        if package in _OTHER_SERVERS:
+            server = package
+            worker_config = getattr(frame.f_locals.get("self"), "config", None) if package == "gunicorn" else None
+            if isinstance(worker_config, uvicorn.Config):
+                return worker_config, server
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return None, server

@@ -19,7 +19,18 @@ from gateway.server import server_options
 from gateway.server.listen import LISTENERS
 from settings import load_settings
 from settings.reference import END, START, reference
-from tests.servers import ROOT, WAIT, free_port, gateway_process, python_m_gateway, scripted_upstream, wait_for_health
+from tests.servers import (
+    GUNICORN_ASGI_WORKER,
+    GUNICORN_UVICORN_WORKER,
+    ROOT,
+    UVICORN,
+    WAIT,
+    free_port,
+    gateway_process,
+    python_m_gateway,
+    scripted_upstream,
+    wait_for_health,
+)
 
 
 def test_procfile_serves_on_port_keeps_idle_connections_and_stops_gracefully() -> None:
@@ -63,15 +74,19 @@ def test_python_m_gateway_options_follow_settings_and_port(monkeypatch: pytest.M
     assert server_options(load_settings(), host="0.0.0.0", port=1)["host"] == "0.0.0.0"
 
 
-def test_plain_uvicorn_serves_the_gateway_with_its_edge_and_its_own_client_addresses() -> None:
-    """`uvicorn gateway.main:app` with no `--http`: the edge's `[limits]` apply, and an X-Forwarded-For from an
-    untrusted peer is not taken for the client's address (uvicorn's proxy headers would take it from 127.0.0.1)."""
+@pytest.mark.parametrize("server", [UVICORN, GUNICORN_UVICORN_WORKER], ids=["uvicorn", "gunicorn-uvicorn-worker"])
+def test_uvicorn_and_its_gunicorn_worker_serve_the_gateway_with_its_edge_and_own_client_addresses(
+    server: tuple[str, ...],
+) -> None:
+    """`uvicorn gateway.main:app` with no `--http`, or gunicorn with uvicorn's worker class: the edge's `[limits]`
+    apply, and an X-Forwarded-For from an untrusted peer is not taken for the client's address (uvicorn's proxy
+    headers would take it from 127.0.0.1, which both trust by default)."""
     with scripted_upstream() as upstream:
         env = {
             "GATEWAY_ROUTES": json.dumps([{"prefix": "/api", "upstreams": [upstream.url]}]),
             "GATEWAY_LIMITS__MAX_HEADERS": "10",
         }
-        with gateway_process(env) as gateway:
+        with gateway_process(env, server=server) as gateway:
             crowded = httpx.get(gateway.url + "/api/x", headers={f"x-extra-{index}": "1" for index in range(10)})
             forwarded = httpx.get(gateway.url + "/api/x", headers={"X-Forwarded-For": "203.0.113.7"})
             record = json.loads(gateway.stdout_lines(1, skip="/_gateway/")[0])  # the edge's 431 is not in it
@@ -94,21 +109,46 @@ def test_plain_uvicorn_keeps_an_explicit_http_protocol_and_warns_of_what_it_lack
     assert "served with uvicorn's --http HttpToolsProtocol: [limits]" in stderr
 
 
+def test_a_server_that_cannot_give_the_edge_serves_with_a_warning_of_what_is_off() -> None:
+    with gateway_process(
+        {"GATEWAY_ROUTES": "[]", "GATEWAY_LIMITS__MAX_HEADERS": "10"}, server=GUNICORN_ASGI_WORKER
+    ) as gateway:
+        crowded = httpx.get(gateway.url + "/_gateway/health", headers={f"x-extra-{index}": "1" for index in range(10)})
+        stderr = gateway.stderr()
+    assert crowded.status_code == 200
+    assert "imported by gunicorn, which serves it without the gateway's edge protocol: [limits]" in stderr
+
+
 @pytest.mark.parametrize(
     ("args", "workers"),
     [
         (("-m", "uvicorn", "gateway.main:app", "--port", "PORT"), 1),
         (("-m", "uvicorn", "gateway.main:app", "--port", "PORT", "--workers", "2"), 2),
         (("-m", "gateway", "serve", "--port", "PORT"), 2),  # server.workers = 2, from the environment
+        (
+            (
+                "-m",
+                "gunicorn",
+                "-k",
+                "uvicorn.workers.UvicornWorker",
+                "-w",
+                "2",
+                "-b",
+                "127.0.0.1:PORT",
+                "--no-control-socket",
+                "gateway.main:app",
+            ),
+            2,
+        ),
     ],
-    ids=["uvicorn", "uvicorn-workers", "python-m-gateway-workers"],
+    ids=["uvicorn", "uvicorn-workers", "python-m-gateway-workers", "gunicorn-uvicorn-workers"],
 )
 def test_every_serving_process_accepts_through_many_descriptors(args: tuple[str, ...], workers: int) -> None:
     """In one process and in worker processes (whose loop runs before they import the app), each serving
     process's loop dups the socket uvicorn listens on."""
     port = free_port()
     env = {**os.environ, "GATEWAY_ROUTES": "[]", "GATEWAY_SERVER__WORKERS": str(workers)}
-    command = [sys.executable, *(str(port) if arg == "PORT" else arg for arg in args)]
+    command = [sys.executable, *(arg.replace("PORT", str(port)) for arg in args)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_health(f"http://127.0.0.1:{port}", process)
