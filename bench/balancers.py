@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import timeit
 
-from gateway.balancers import BUILT_IN
-from gateway.upstreams import Upstream, UpstreamPool
+from gateway.upstream.pool import Upstream, UpstreamPool
+from gateway.upstream.selection import BUILT_IN
 from settings import OutlierSettings, UpstreamSettings
 
 

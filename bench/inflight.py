@@ -25,10 +25,10 @@ import uvloop
 
 from bench.pipeline import FEATURES, ROUTE, Lifespan, _drive, memory_opener, upstream_response
 from gateway import create_app
-from gateway.logs import configure_logging
-from gateway.server import GatewayConfig, server_options
-from gateway.transport.connection import UpstreamConnection
-from gateway.transport.pool import OriginPool
+from gateway.client.transport.connection import UpstreamConnection
+from gateway.client.transport.pool import OriginPool
+from gateway.edge import GatewayConfig, server_options
+from gateway.ops.logs import configure_logging
 from settings import AccessLogSettings, GatewaySettings
 
 

@@ -11,7 +11,7 @@ import tracemalloc
 from collections.abc import Callable
 from ipaddress import ip_address, ip_network
 
-from gateway.netset import NetworkSet
+from gateway.stages.netset import NetworkSet
 
 
 def networks(count: int, rng: random.Random) -> list[object]:

@@ -23,10 +23,10 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.app import create_app
-from gateway.logs import configure_logging
-from gateway.prebuilt import PairHeaders, prebuilt_response
-from gateway.server.runner import GatewayConfig, server_options
-from gateway.transport import COMPLETE_BODY
+from gateway.client.prebuilt import PairHeaders, prebuilt_response
+from gateway.client.transport import COMPLETE_BODY
+from gateway.edge.runner import GatewayConfig, server_options
+from gateway.ops.logs import configure_logging
 from settings import GatewaySettings
 
 BODY = b"hello from origin\n"

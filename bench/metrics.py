@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from gateway import create_app
-from gateway.metrics import GatewayMetrics
+from gateway.ops.metrics import GatewayMetrics
 from settings import GatewaySettings, RouteSettings
 
 

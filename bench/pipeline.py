@@ -31,10 +31,10 @@ from uvicorn.server import ServerState
 
 from bench.protocol import MemoryTransport
 from gateway import create_app
-from gateway.logs import configure_logging
-from gateway.server import EdgeProtocol, GatewayConfig, server_options
-from gateway.transport.connection import UpstreamConnection
-from gateway.transport.pool import OriginPool, _State
+from gateway.client.transport.connection import UpstreamConnection
+from gateway.client.transport.pool import OriginPool, _State
+from gateway.edge import EdgeProtocol, GatewayConfig, server_options
+from gateway.ops.logs import configure_logging
 from settings import AccessLogSettings, GatewaySettings
 
 REQUEST = (

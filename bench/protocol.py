@@ -20,7 +20,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.server import EdgeProtocol, GatewayConfig
+from gateway.edge import EdgeProtocol, GatewayConfig
 from settings import LimitsSettings
 
 REQUEST = (

@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from gateway.balancers import RoundRobin
-from gateway.upstreams import Upstream
+from gateway.upstream.pool import Upstream
+from gateway.upstream.selection import RoundRobin
 
 
 class CanaryBalancer:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.explain import explain, route_lines
-from gateway.logs import configure_logging
-from gateway.server import run_server
+from gateway.edge import run_server
+from gateway.ops.explain import explain, route_lines
+from gateway.ops.logs import configure_logging
 from settings import GatewaySettings, SettingsError, load_settings
 
 
@@ -37,7 +37,7 @@ def explain_request(settings: GatewaySettings, args: argparse.Namespace) -> int:
 
 
 def demo(settings: GatewaySettings, args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.ops.demo import run_demo
 
     return run_demo(args.port if args.port is not None else 8000)
 

@@ -22,29 +22,29 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from gateway import heap
 from gateway import scope as keys
-from gateway.admin import gateway_routes, not_found
-from gateway.balancers import balancer_for
 from gateway.cache import CacheMiddleware, CacheStore, MemoryCacheStore, RedisCacheStore
-from gateway.client import create_client, upstream_tls
-from gateway.clientip import ClientIPResolver
+from gateway.client.shared import create_client, upstream_tls
 from gateway.errors import PROBLEM_TYPE, problem_body
-from gateway.health import HealthChecker
-from gateway.metrics import FOLD_INTERVAL, GatewayMetrics
-from gateway.middleware.accesslog import AccessLogMiddleware
-from gateway.middleware.chain import from_settings, wrap
-from gateway.middleware.clientip import ClientIPMiddleware
-from gateway.middleware.hsts import HSTSMiddleware
-from gateway.middleware.ipfilter import IPFilterMiddleware
-from gateway.middleware.requestid import RequestIdMiddleware
-from gateway.proxy import ProxyEndpoint
+from gateway.ops import heap
+from gateway.ops.admin import gateway_routes, not_found
+from gateway.ops.metrics import FOLD_INTERVAL, GatewayMetrics
+from gateway.ops.workers import supervisor_pid
+from gateway.proxy.endpoint import ProxyEndpoint
+from gateway.proxy.retries import RetryPolicy
+from gateway.proxy.static import StaticEndpoint
 from gateway.ratelimit import MemoryStore, RateLimitMiddleware, RedisStore, Store
-from gateway.retries import RetryPolicy
-from gateway.routing import GatewayRouter, RouteTable
-from gateway.static import StaticEndpoint
-from gateway.upstreams import Upstream, UpstreamPool
-from gateway.workers import supervisor_pid
+from gateway.routing.table import GatewayRouter, RouteTable
+from gateway.stages.accesslog import AccessLogMiddleware
+from gateway.stages.clientip import ClientIPMiddleware
+from gateway.stages.clientip_resolver import ClientIPResolver
+from gateway.stages.hsts import HSTSMiddleware
+from gateway.stages.ipfilter import IPFilterMiddleware
+from gateway.stages.requestid import RequestIdMiddleware
+from gateway.stages.user_middleware import from_settings, wrap
+from gateway.upstream.health import HealthChecker
+from gateway.upstream.pool import Upstream, UpstreamPool
+from gateway.upstream.selection import balancer_for
 from settings import (
     CacheStoreSettings,
     GatewaySettings,
@@ -93,7 +93,7 @@ def create_app(
     return app
 
 
-# The gateway's own middleware, which all let a splice message (gateway.splice) through to the server.
+# The gateway's own middleware, which all let a splice message (gateway.edge.splice) through to the server.
 SPLICE_AWARE = frozenset(
     {
         HSTSMiddleware,

@@ -1,7 +1,7 @@
 """`uvicorn gateway.main:app`: the gateway with settings from the environment.
 
 A wrong setting ends the process here with one line per problem and no traceback. Imported by uvicorn, it puts
-the gateway's edge protocol in place (gateway.server.adopt) unless `--http` chose another.
+the gateway's edge protocol in place (gateway.edge.adopt) unless `--http` chose another.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from gateway.app import create_app
-from gateway.logs import configure_logging
-from gateway.server.adopt import adopt_loading_config
+from gateway.edge.adopt import adopt_loading_config
+from gateway.ops.logs import configure_logging
 from settings import SettingsError, load_settings
 
 try:

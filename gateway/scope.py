@@ -18,5 +18,5 @@ OWN_DATE = "gateway.own_date"
 # hands it a function to call as soon as the client's connection is lost during this exchange, or None to stop.
 ON_CLIENT_GONE = "gateway.on_client_gone"
 # True, set by the edge protocol on plain TCP connections whose app lets every message through (absent otherwise):
-# the app may send the rest of a body as a gateway.splice.SPLICE_MESSAGE.
+# the app may send the rest of a body as a gateway.edge.splice.SPLICE_MESSAGE.
 SPLICE = "gateway.splice"

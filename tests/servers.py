@@ -25,7 +25,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from gateway.server import EdgeProtocol, GatewayConfig
+from gateway.edge import EdgeProtocol, GatewayConfig
 from settings import LimitsSettings
 
 ROOT = Path(__file__).resolve().parent.parent

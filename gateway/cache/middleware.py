@@ -37,7 +37,7 @@ from gateway.cache.policy import (
 from gateway.cache.ranges import UNSATISFIABLE, byte_range, if_range_holds
 from gateway.cache.store import CacheStore
 from gateway.errors import send_problem
-from gateway.headers import Header
+from gateway.proxy.headers import Header
 from settings import CacheSettings
 
 logger = logging.getLogger("gateway.cache")

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.headers import Header
+from gateway.proxy.headers import Header
 
 # RFC 9110 15.1: statuses cacheable by default (heuristic freshness allowed).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})

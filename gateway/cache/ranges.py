@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.cache.policy import first, http_date
-from gateway.headers import Header
+from gateway.proxy.headers import Header
 
 UNSATISFIABLE = (-1, -1)
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.cache.policy import Stored
-from gateway.outage import OutageReporter
+from gateway.ops.outage import OutageReporter
 
 logger = logging.getLogger("gateway.cache")
 

@@ -10,8 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import scope as keys
 from gateway.errors import refuse
-from gateway.netset import NetworkSet
 from gateway.ratelimit.buckets import Decision, Store
+from gateway.stages.netset import NetworkSet
 from settings import RateLimitPolicy
 
 GATEWAY_ENDPOINTS = "/_gateway/"

@@ -12,7 +12,7 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.outage import OutageReporter
+from gateway.ops.outage import OutageReporter
 from gateway.ratelimit.buckets import Decision
 
 logger = logging.getLogger("gateway.ratelimit")

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.server import server_options
-from gateway.server.listen import LISTENERS
+from gateway.edge import server_options
+from gateway.edge.listen import LISTENERS
 from settings import load_settings
 from settings.reference import END, START, reference
 from tests.servers import (

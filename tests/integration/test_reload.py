@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from gateway import create_app
-from gateway.metrics import FOLD_INTERVAL
+from gateway.ops.metrics import FOLD_INTERVAL
 from settings import GatewaySettings, SettingsError
 from tests.conftest import settings_with
 from tests.servers import (

@@ -1,4 +1,4 @@
-"""Long response bodies spliced from the upstream's socket to the client's (gateway.splice), through a real
+"""Long response bodies spliced from the upstream's socket to the client's (gateway.edge.splice), through a real
 gateway under the edge protocol, with raw upstreams and raw clients on loopback."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import trustme
 from starlette.middleware.gzip import GZipMiddleware
 
 from gateway import create_app
-from gateway.server import cycle
-from gateway.splice import MIN_SPLICE_BYTES
+from gateway.edge import cycle
+from gateway.edge.splice import MIN_SPLICE_BYTES
 from settings import LimitsSettings
 from tests.conftest import settings_with
 from tests.servers import Received, ScriptedServer, UpstreamHandler, scripted_upstream, serve_app

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.client import create_client
-from gateway.transport import HOLD_FOR_SPLICE, RelayTransport
+from gateway.client.shared import create_client
+from gateway.client.transport import HOLD_FOR_SPLICE, RelayTransport
 from settings import ClientSettings
 from tests.conftest import cyclic_garbage
 from tests.servers import Received, UpstreamHandler, scripted_upstream

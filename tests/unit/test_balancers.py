@@ -8,9 +8,9 @@ from collections import Counter
 import httpx
 import pytest
 
-from gateway.balancers import First, LeastInFlight, RandomTwo, RendezvousHash, RoundRobin, balancer_for
-from gateway.retries import RetryBudget, RetryPolicy
-from gateway.upstreams import Upstream, UpstreamPool
+from gateway.proxy.retries import RetryBudget, RetryPolicy
+from gateway.upstream.pool import Upstream, UpstreamPool
+from gateway.upstream.selection import First, LeastInFlight, RandomTwo, RendezvousHash, RoundRobin, balancer_for
 from settings import OutlierSettings, RetrySettings, UpstreamSettings
 
 

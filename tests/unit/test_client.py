@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.client import close_response
+from gateway.client.shared import close_response
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from ipaddress import ip_network
 
 import pytest
 
-from gateway.clientip import ClientIPResolver
+from gateway.stages.clientip_resolver import ClientIPResolver
 
 RESOLVER = ClientIPResolver([ip_network("10.0.0.0/8"), ip_network("::1/128")])
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from gateway.deadline import Deadline
+from gateway.edge.deadline import Deadline
 
 
 class ManualLoop:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from gateway.explain import explain, route_lines
+from gateway.ops.explain import explain, route_lines
 from tests.conftest import settings_with
 from tests.servers import ROOT
 

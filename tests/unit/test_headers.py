@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.headers import ForwardedFor, client_response_headers, upstream_request_headers
+from gateway.proxy.headers import ForwardedFor, client_response_headers, upstream_request_headers
 
 
 def forwarded(*, trusted: bool = False, prefix: bytes = b"") -> ForwardedFor:

@@ -1,4 +1,4 @@
-"""gateway.heap: freed body buffers stay in the worker's heap for reuse instead of going back to the kernel."""
+"""gateway.ops.heap: freed body buffers stay in the worker's heap for reuse instead of going back to the kernel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import heap
+from gateway.ops import heap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 # (glibc's mallinfo2). Run in a fresh interpreter, so that the tuning is the only difference.
 PROBE = """
 import ctypes, sys
-from gateway import heap
+from gateway.ops import heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

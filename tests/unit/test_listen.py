@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from gateway.server.listen import LISTENERS, ManyListenersLoop
+from gateway.edge.listen import LISTENERS, ManyListenersLoop
 
 
 class _Echo(asyncio.Protocol):

@@ -1,4 +1,4 @@
-"""gateway.logs: the access log's writer thread, its formatter, and the shortcut past the logger's dispatch."""
+"""gateway.ops.logs: the access log's writer thread, its formatter, and the shortcut past the logger's dispatch."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.logs import AccessFormatter, BatchWriter, DeferredQueueHandler, Entry, sole_access_handler
-from gateway.middleware import accesslog
+from gateway.ops.logs import AccessFormatter, BatchWriter, DeferredQueueHandler, Entry, sole_access_handler
+from gateway.stages import accesslog
 
 SCOPE = {
     "type": "http",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
+from gateway.ops.metrics import LATENCY_BUCKETS, GatewayMetrics
 
 # On bucket bounds, between them, below the first and above the last (+Inf).
 SECONDS = [0.0001, 0.0005, 0.003, 0.0025, 0.7, 0.7, 30.0, 45.0]

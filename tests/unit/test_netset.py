@@ -5,7 +5,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from gateway.netset import NetworkSet
+from gateway.stages.netset import NetworkSet
 
 NETWORKS = NetworkSet(
     ip_network(text) for text in ["10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32", "::1/128", "100.64.0.0/10"]

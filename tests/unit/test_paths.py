@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.paths import BadTarget, routing_path, strip_segments, url_safe
+from gateway.routing.paths import BadTarget, routing_path, strip_segments, url_safe
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.prebuilt import PairHeaders, prebuilt_request, prebuilt_response, upstream_url
+from gateway.client.prebuilt import PairHeaders, prebuilt_request, prebuilt_response, upstream_url
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ import respx
 
 from gateway import create_app
 from gateway import scope as keys
-from gateway.logs import AccessFormatter
-from gateway.middleware import accesslog
-from gateway.middleware.accesslog import AccessLogMiddleware, AccessRecord
-from gateway.middleware.accesslog import logger as access_logger
+from gateway.ops.logs import AccessFormatter
+from gateway.stages import accesslog
+from gateway.stages.accesslog import AccessLogMiddleware, AccessRecord
+from gateway.stages.accesslog import logger as access_logger
 from settings import SettingsError
 from tests.conftest import settings_with
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing import RouteTable
+from gateway.routing.table import RouteTable
 
 TABLE = RouteTable({"/": "root", "/api": "api", "/api/admin": "admin", "/static": "static"})  # type: ignore[dict-item]
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway import splice
+from gateway.client.transport.connection import SplicedBody, UpstreamConnection
+from gateway.edge import splice
 from gateway.errors import ClientGone, ClientTooSlow
-from gateway.transport.connection import SplicedBody, UpstreamConnection
 
 pytestmark = pytest.mark.anyio
 

@@ -17,8 +17,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway import scope as keys
-from gateway.server import EdgeProtocol, GatewayConfig, cycle
-from gateway.server.writes import HeadHoldingTransport
+from gateway.edge import EdgeProtocol, GatewayConfig, cycle
+from gateway.edge.writes import HeadHoldingTransport
 from settings import LimitsSettings
 from tests.conftest import cyclic_garbage
 

@@ -1,0 +1,5 @@
+"""The gateway's own HTTP/1.1 transport under the shared httpx.AsyncClient."""
+
+from gateway.client.transport.relay import COMPLETE_BODY, HOLD_FOR_SPLICE, TLS_CONTEXT, RelayTransport, ResponseBody
+
+__all__ = ["COMPLETE_BODY", "HOLD_FOR_SPLICE", "TLS_CONTEXT", "RelayTransport", "ResponseBody"]

@@ -1,0 +1,1 @@
+"""Operating the gateway: admin API and dashboard, metrics, logs, explain, the demo, process tuning."""

@@ -1,6 +1,0 @@
-"""The listening side: uvicorn with the gateway's edge protocol, TLS and limits."""
-
-from gateway.server.protocol import EdgeProtocol
-from gateway.server.runner import GatewayConfig, run_server, server_options
-
-__all__ = ["EdgeProtocol", "GatewayConfig", "run_server", "server_options"]

@@ -1,0 +1,1 @@
+"""Upstream instances and their pool, balancers (selection policies) and active health checks."""
