@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import scope as keys
 from gateway.errors import send_problem
+from gateway.exchange import exchange_of
 
 
 class ApiKeyMiddleware:
@@ -38,8 +38,9 @@ class ApiKeyMiddleware:
             return
         presented = next((value for name, value in scope["headers"] if name == self._header), None)
         if presented is None or not self._valid(presented):
-            scope[keys.REASON] = "api_key"
-            await send_problem(send, 401, "A valid API key is required.", scope.get(keys.REQUEST_ID, ""))
+            exchange = exchange_of(scope)  # the gateway's facts about this request (see README, Extending)
+            exchange.reason = "api_key"
+            await send_problem(send, 401, "A valid API key is required.", exchange.request_id)
             return
         if not self._forward:
             scope = dict(scope)

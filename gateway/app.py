@@ -22,25 +22,22 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from gateway import scope as keys
 from gateway.cache import CacheMiddleware, CacheStore, MemoryCacheStore, RedisCacheStore
 from gateway.client.shared import create_client, upstream_tls
 from gateway.errors import PROBLEM_TYPE, problem_body
+from gateway.exchange import request_id_of
 from gateway.ops import heap
 from gateway.ops.admin import gateway_routes, not_found
 from gateway.ops.metrics import FOLD_INTERVAL, GatewayMetrics
 from gateway.ops.workers import supervisor_pid
+from gateway.plan import Plan, Resources, RoutePlan, plan
 from gateway.proxy.endpoint import ProxyEndpoint
 from gateway.proxy.retries import RetryPolicy
 from gateway.proxy.static import StaticEndpoint
-from gateway.ratelimit import MemoryStore, RateLimitMiddleware, RedisStore, Store
+from gateway.ratelimit import MemoryStore, RedisStore, Store
 from gateway.routing.table import GatewayRouter, RouteTable
-from gateway.stages.accesslog import AccessLogMiddleware
-from gateway.stages.clientip import ClientIPMiddleware
 from gateway.stages.clientip_resolver import ClientIPResolver
-from gateway.stages.hsts import HSTSMiddleware
-from gateway.stages.ipfilter import IPFilterMiddleware
-from gateway.stages.requestid import RequestIdMiddleware
+from gateway.stages.pipeline import Pipeline, RoutePass
 from gateway.stages.user_middleware import from_settings, wrap
 from gateway.upstream.health import HealthChecker
 from gateway.upstream.pool import Upstream, UpstreamPool
@@ -48,8 +45,6 @@ from gateway.upstream.selection import balancer_for
 from settings import (
     CacheStoreSettings,
     GatewaySettings,
-    RateLimitPolicy,
-    RateLimitSettings,
     RouteSettings,
     SettingsError,
     UpstreamSettings,
@@ -93,18 +88,8 @@ def create_app(
     return app
 
 
-# The gateway's own middleware, which all let a splice message (gateway.edge.splice) through to the server.
-SPLICE_AWARE = frozenset(
-    {
-        HSTSMiddleware,
-        RequestIdMiddleware,
-        ClientIPMiddleware,
-        AccessLogMiddleware,
-        IPFilterMiddleware,
-        RateLimitMiddleware,
-        GatewayRouter,
-    }
-)
+# The gateway's own layers, which let a splice message (gateway.edge.splice) through to the server.
+SPLICE_AWARE = frozenset({Pipeline, GatewayRouter})
 
 
 class GatewayApp(Starlette):
@@ -183,38 +168,28 @@ class Runtime:
             metrics = metrics or GatewayMetrics(pools, [store, cache])
             metrics.track(pools, [store, cache])
         tls = upstream_tls(settings.client)
-        resolver = ClientIPResolver(settings.proxy.trusted_proxies)
-        limits = settings.rate_limit
-        splice = settings.server.splice
+        served_metrics = metrics if settings.metrics.enabled else None
+        layout = plan(settings)
+        resources = Resources(ClientIPResolver(settings.proxy.trusted_proxies), store, served_metrics)
         table = RouteTable(
             {
-                route.prefix: _route_stack(
-                    route, index, client, resolver, store, limits, pools.get(route.prefix), tls, cache, splice
+                route.route.prefix: _route_app(
+                    layout, route, resources, client, pools.get(route.route.prefix), tls, cache
                 )
-                for index, route in enumerate(settings.routes)
+                for route in layout.routes
             }
         )
-        served_metrics = metrics if settings.metrics.enabled else None
         checkers = [
             HealthChecker(pools[route.prefix], route.balancing.health_check, client)
             for route in settings.routes
             if route.upstreams and route.balancing.health_check is not None
         ]
-        # Cheap refusals first; the route table is the innermost middleware: proxied and static requests end
+        # The global pass first; the route table is the innermost middleware: proxied and static requests end
         # there, so they skip Starlette's exception middleware and router, which serve only `/_gateway/...`
         # and the lifespan.
-        chain = [Middleware(RequestIdMiddleware), Middleware(ClientIPMiddleware, resolver=resolver)]
-        if settings.tls.enabled and settings.tls.hsts_max_age:
-            chain.insert(0, Middleware(HSTSMiddleware, max_age=settings.tls.hsts_max_age))
-        if settings.access_log.enabled or served_metrics is not None:
-            quiet = [route.prefix for route in settings.routes if not route.access_log]
-            log = settings.access_log.enabled
-            chain.append(Middleware(AccessLogMiddleware, quiet_routes=quiet, log=log, metrics=served_metrics))
-        if settings.ip_filter.active:
-            chain.append(Middleware(IPFilterMiddleware, allow=settings.ip_filter.allow, deny=settings.ip_filter.deny))
-        if store is not None and limits.policies:
-            chain.append(_rate_limits(limits.policies, store, limits, "g:"))
-        chain += [
+        count_in = settings.access_log.enabled or served_metrics is not None
+        chain = [
+            Middleware(Pipeline, stages=layout.build_global(resources), count_in=count_in),
             *from_settings(settings.middleware, "middleware"),
             *self._middleware,
             Middleware(GatewayRouter, table=table),
@@ -394,34 +369,18 @@ def _rate_limit_store(settings: GatewaySettings) -> Store | None:
     return MemoryStore(limits.max_keys)
 
 
-def _rate_limits(
-    policies: Sequence[RateLimitPolicy], store: Store, limits: RateLimitSettings, prefix: str
-) -> Middleware:
-    return Middleware(
-        RateLimitMiddleware,
-        policies=policies,
-        store=store,
-        bucket_prefix=prefix,
-        fail_closed=limits.on_store_failure == "closed",
-        headers_on_success=limits.headers_on_success,
-    )
-
-
-def _route_stack(
-    route: RouteSettings,
-    index: int,
+def _route_app(
+    layout: Plan,
+    route_plan: RoutePlan,
+    resources: Resources,
     client: httpx.AsyncClient,
-    resolver: ClientIPResolver,
-    store: Store | None,
-    limits: RateLimitSettings,
     pool: UpstreamPool | None,
     tls: ssl.SSLContext,
     cache: CacheStore | None,
-    splice: bool,
 ) -> ASGIApp:
-    """The route's endpoint inside its own IP filter, rate limits, user middleware and cache (outermost first:
-    the cache answers only what the route's filters and authentication let through). Its bodies may be spliced
-    (`splice`) unless a user middleware or the cache needs to see them."""
+    """The route's endpoint inside its user middleware and cache, behind its stages (outermost first: the cache
+    answers only what the route's filters and authentication let through)."""
+    route, index = route_plan.route, route_plan.index
     endpoint: ASGIApp
     if route.static_dir is not None:
         endpoint = StaticEndpoint(route.prefix, route.static_dir)
@@ -430,24 +389,20 @@ def _route_stack(
         if route.upstream_tls is not None:
             tls = upstream_tls(route.upstream_tls)
         retries = RetryPolicy(route.balancing.retries)
-        splice = splice and not route.middleware and not route.cache.enabled
-        endpoint = ProxyEndpoint(route, client, resolver, pool, retries, tls, splice=splice)
-    stack: list[Middleware] = []
-    if route.ip_filter.active:
-        stack.append(Middleware(IPFilterMiddleware, allow=route.ip_filter.allow, deny=route.ip_filter.deny))
-    if store is not None and route.rate_limit:
-        stack.append(_rate_limits(route.rate_limit, store, limits, f"r:{route.prefix}:"))
-    stack += from_settings(route.middleware, f"routes[{index}].middleware")
-    if route.cache.enabled and cache is not None and route.static_dir is None:
-        stack.append(Middleware(CacheMiddleware, settings=route.cache, store=cache))
+        endpoint = ProxyEndpoint(route, client, resources.resolver, pool, retries, tls, splice=route_plan.splice)
+    inner = from_settings(route_plan.middleware, f"routes[{index}].middleware")
+    if route_plan.cache and cache is not None:
+        inner.append(Middleware(CacheMiddleware, settings=route.cache, store=cache))
     try:
-        return wrap(endpoint, stack)
+        app = wrap(endpoint, inner)
     except (TypeError, ValueError) as exc:
         raise SettingsError([f"routes[{index}].middleware: {exc}"]) from None
+    stages = layout.build_route(route_plan, resources)
+    return RoutePass(app, stages) if stages else app
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """Last resort for a bug in the gateway or a user middleware; the traceback goes to the server log only."""
-    request_id = request.scope.get(keys.REQUEST_ID, "")
+    request_id = request_id_of(request.scope)
     body = problem_body(500, "The gateway failed to handle this request.", request_id)
     return Response(body, 500, {"x-request-id": request_id} if request_id else None, media_type=PROBLEM_TYPE)

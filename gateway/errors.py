@@ -11,8 +11,6 @@ from http import HTTPStatus
 import httpx
 from starlette.types import Scope, Send
 
-from gateway import scope as keys
-
 
 class BadRequest(Exception):
     """The request is malformed (a bad target or framing the server let through)."""
@@ -93,11 +91,15 @@ async def send_problem(
 
 
 async def refuse(
-    scope: Scope, send: Send, status: int, detail: str, extra_headers: Sequence[tuple[bytes, bytes]] = ()
+    scope: Scope,
+    send: Send,
+    status: int,
+    detail: str,
+    request_id: str,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """Refuse an HTTP request, or a WebSocket handshake: as an HTTP answer where the server supports ASGI's
     denial response (uvicorn does), else by closing before accepting (the server answers 403)."""
-    request_id = scope.get(keys.REQUEST_ID, "")
     if scope["type"] == "http":
         await send_problem(send, status, detail, request_id, extra_headers)
     elif "websocket.http.response" in scope.get("extensions", {}):

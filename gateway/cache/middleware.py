@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import scope as keys
 from gateway.cache.policy import (
     COOKIE_FIELDS,
     SAFE_METHODS,
@@ -37,6 +36,7 @@ from gateway.cache.policy import (
 from gateway.cache.ranges import UNSATISFIABLE, byte_range, if_range_holds
 from gateway.cache.store import CacheStore
 from gateway.errors import send_problem
+from gateway.exchange import EXCHANGE, exchange_of, request_id_of, target_of
 from gateway.proxy.headers import Header
 from settings import CacheSettings
 
@@ -100,7 +100,7 @@ class CacheMiddleware:
                 send,
                 504,
                 "The response is not in the cache.",
-                scope.get(keys.REQUEST_ID, ""),
+                request_id_of(scope),
                 [(CACHE_STATUS, b"gateway; fwd=miss; detail=only-if-cached")],
             )
             return
@@ -108,7 +108,7 @@ class CacheMiddleware:
             await self.app(scope, receive, send)  # partial content is not stored: the upstream answers
             return
         miss = b"fwd=uri-miss" if not variants else (b"fwd=vary-miss" if stored is None else b"fwd=stale")
-        scope[keys.CACHE] = "miss"
+        exchange_of(scope).cache = "miss"
         done = self._collapsing.setdefault(key, asyncio.Event())
         try:
             await self._forward(scope, receive, send, key, stored, miss)
@@ -126,13 +126,13 @@ class CacheMiddleware:
             return False
         verdict = judge(stored, headers, now)
         if verdict.fresh or verdict.stale_allowed:
-            scope[keys.CACHE] = "hit" if verdict.fresh else "stale"
+            exchange_of(scope).cache = "hit" if verdict.fresh else "stale"
             await self._answer(scope, send, stored, now, b"hit" if verdict.fresh else b"hit; fwd=stale")
             return True
         no_cache = parse_cache_control(headers).has("no-cache")
         if not no_cache and stale_while_revalidate(stored, now):
             self._refresh_in_background(scope, key, stored)
-            scope[keys.CACHE] = "stale"
+            exchange_of(scope).cache = "stale"
             await self._answer(scope, send, stored, now, b"hit; fwd=stale; detail=stale-while-revalidate")
             return True
         return False
@@ -143,9 +143,8 @@ class CacheMiddleware:
             return
         done = self._collapsing[key] = asyncio.Event()
         headers = [(name, value) for name, value in scope["headers"] if name not in _RANGE_FIELDS]
-        background = {**scope, "method": "GET", "headers": headers}
-        for own in (keys.TIMINGS, keys.OWN_DATE, keys.ON_CLIENT_GONE):
-            background.pop(own, None)  # the client's request and connection, not this refresh's
+        # The client's request and connection are not this refresh's: an exchange of its own, with no edge.
+        background = {**scope, "method": "GET", "headers": headers, EXCHANGE: exchange_of(scope).detached()}
         body_sent = False
 
         async def no_body() -> Message:
@@ -195,7 +194,7 @@ class CacheMiddleware:
                 response_time = self._clock()
                 # The relay gives the client the gateway's Date; the cache keeps the upstream's (or, without a
                 # valid one, the time it arrived: RFC 9110 6.6.1).
-                date = upstream_scope.get(keys.UPSTREAM_DATE)
+                date = exchange_of(upstream_scope).upstream_date
                 if http_date(date) is None:
                     date = email.utils.formatdate(response_time, usegmt=True).encode()
                 dated = [(name, value) for name, value in headers if name.lower() != b"date"] + [(b"date", date)]
@@ -210,7 +209,7 @@ class CacheMiddleware:
                 if (
                     stored is not None
                     and status >= 500
-                    and self._may_answer_stale(stored, client_headers, upstream_scope.get(keys.REASON))
+                    and self._may_answer_stale(stored, client_headers, exchange_of(upstream_scope).reason)
                 ):
                     state["held"] = "error"
                     return
@@ -254,7 +253,7 @@ class CacheMiddleware:
                 stored, state["headers"], request_time, state["response_time"], strip_cookies=self._strip_cookies
             )
             await self._store.put(key, renewed)
-            scope[keys.CACHE] = "revalidated"
+            exchange_of(scope).cache = "revalidated"
             # Cookies not stored (set_cookie "strip" or "bypass") still reach the client this 304 answered.
             cookies = (
                 [(name, value) for name, value in state["headers"] if name.lower() in COOKIE_FIELDS]
@@ -267,8 +266,8 @@ class CacheMiddleware:
             await self._forward(scope, receive, send, key, None, b"fwd=miss")
         elif state["held"] == "error":
             assert stored is not None
-            scope[keys.CACHE] = "stale_if_error"
-            detail = b"upstream-unreachable" if scope.get(keys.REASON) in _UNREACHABLE else b"stale-if-error"
+            exchange_of(scope).cache = "stale_if_error"
+            detail = b"upstream-unreachable" if exchange_of(scope).reason in _UNREACHABLE else b"stale-if-error"
             await self._answer(scope, send, stored, self._clock(), b"hit; fwd=stale; detail=" + detail)
 
     def _may_answer_stale(self, stored: Stored, request_headers: list[Header], reason: str | None) -> bool:
@@ -331,9 +330,9 @@ class CacheMiddleware:
         body = stored.body
         headers = [*stored.answer_headers, *(extra or ()), (b"age", age_header(stored, now))]
         # The stored Date goes out (Age counts from it) where the server can be told to leave out its own.
-        own_date = scope.get(keys.OWN_DATE)
-        if own_date is not None and stored.date is not None:
-            own_date()
+        edge = exchange_of(scope).edge
+        if edge is not None and edge.leave_out_date is not None and stored.date is not None:
+            edge.leave_out_date()
             headers.append((b"date", stored.date))
         headers.append((CACHE_STATUS, b"gateway; " + detail))
         if status == 200 and any(name in _ANSWER_SHAPING for name, _ in client_headers):
@@ -395,7 +394,7 @@ def cache_key(scope: Scope) -> str:
         if name == b"host":
             host = value.lower()
             break
-    target = scope.get("raw_path") or scope["path"].encode()
+    target = target_of(scope)
     query = scope["query_string"]
     return b"".join((host, b" ", target, b"?", query) if query else (host, b" ", target)).decode("latin-1")
 

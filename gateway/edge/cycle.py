@@ -30,7 +30,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, STATUS_LINE, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from gateway import scope as keys
+from gateway.edge.offer import EdgeListener
 from gateway.edge.splice import SPLICE_MESSAGE, splice_body
 from gateway.errors import ClientGone, ClientTooSlow
 
@@ -128,6 +128,7 @@ class EdgeCycle(RequestResponseCycle):
         self.expected_content_length = 0
         self._head_request = scope["method"] == "HEAD"
         self._send_timeout = send_timeout
+        self.listener: EdgeListener | None = None  # the app's exchange, once it attaches (gateway.edge.offer)
 
     def add_body(self, piece: bytes) -> None:
         """A piece of the request body from the parser (uvicorn's on_body, without the copy)."""
@@ -186,7 +187,8 @@ class EdgeCycle(RequestResponseCycle):
         connection is dropped with the rest unsent, and an exchange still running ends as for a client that left
         (the server's connection_lost tells the relay, which frees its upstream connection)."""
         if not self.response_complete:
-            cast(dict[str, Any], self.scope).setdefault(keys.REASON, SEND_TIMEOUT)
+            if self.listener is not None:
+                self.listener.edge_ended(SEND_TIMEOUT)
             self.disconnected = True
         logger.info(
             "dropped the connection of %s: it took none of its response for %g s",

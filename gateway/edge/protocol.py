@@ -23,7 +23,6 @@ import asyncio
 import logging
 import re
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,11 +35,11 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
-from gateway import scope as keys
 from gateway.edge import splice
 from gateway.edge.cycle import EdgeCycle
 from gateway.edge.deadline import Deadline
 from gateway.edge.limits import SendTimeout, limits_for
+from gateway.edge.offer import EDGE_EXTENSION, EdgeListener, EdgeOffer
 from gateway.edge.websocket_protocol import EdgeWebSocketProtocol
 from gateway.edge.writes import HeadHoldingTransport
 from gateway.errors import PROBLEM_TYPE, problem_body
@@ -114,14 +113,10 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._window_bytes = 0
         self._window_held = False  # reading was paused (back-pressure) at some point in the window
-        # What the running exchange asked to be told if the client goes (one exchange runs at a time), and the
-        # bound method every request's scope gets for that (made once per connection, not per request).
-        self._on_client_gone: Callable[[], None] | None = None
-        self._client_watch = self._watch_client
         # The cycle whose task runs: uvicorn's `self.cycle` is already the next one when requests are pipelined.
-        self._running: RequestResponseCycle | None = None
-        self._own_date = self._drop_server_date
-        self._offers_splice = False  # set per connection: plain TCP, and an app that lets the message through
+        self._running: EdgeCycle | None = None
+        # What every request's scope is offered (gateway.edge.offer), made once the connection is known.
+        self._offer = EdgeOffer(self._attach, self._drop_server_date, splice=False)
         self._idle_deadline = Deadline(self.loop, self.timeout_keep_alive_handler)
         self._last_request = False  # shutting down: the next request's answer closes the connection
         self._raw_root_path = self.root_path.encode("ascii")
@@ -134,7 +129,8 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
         self._writer = HeadHoldingTransport(transport, self.loop)
         super().connection_made(cast(asyncio.Transport, self._writer))
         self._arm_head_timer()
-        self._offers_splice = (
+        # Splicing: plain TCP, and an app that lets the message through.
+        self._offer.splice = (
             splice.AVAILABLE
             and transport.get_extra_info("sslcontext") is None
             and transport.get_extra_info("socket") is not None
@@ -145,18 +141,21 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
         self._cancel_timers()
         self._idle_deadline.cancel()
         super().connection_lost(exc)
-        callback, self._on_client_gone = self._on_client_gone, None
-        if callback is not None and not (self.cycle is not None and self.cycle.response_complete):
-            callback()  # an exchange whose response went out whole is not cut short by the close that follows
+        running = self._running
+        # An exchange whose response went out whole is not cut short by the close that follows.
+        if running is not None and running.listener is not None and not running.response_complete:
+            running.listener.client_gone()
 
     def _send_timed_out(self) -> None:
         if self._running is not None:
-            cast(EdgeCycle, self._running).drop_slow_client()
+            self._running.drop_slow_client()
         else:  # nothing but a refusal was written
             self.transport.abort()
 
-    def _watch_client(self, callback: Callable[[], None] | None) -> None:
-        self._on_client_gone = callback
+    def _attach(self, listener: EdgeListener) -> None:
+        """The app's exchange for the running request (EdgeOffer.attach)."""
+        if self._running is not None:
+            self._running.listener = listener
 
     def data_received(self, data: bytes) -> None:
         self._chunk_bytes = len(data)
@@ -191,14 +190,10 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         self._writer.start_response()
-        self._running = cycle
-        # Methods bound once per connection: nothing made per request, and no reference from the scope back to
-        # its cycle (a per-request reference cycle, left to the garbage collector, costs ~20 µs under load).
-        scope = cast(dict[str, Any], cycle.scope)
-        scope[keys.OWN_DATE] = self._own_date
-        scope[keys.ON_CLIENT_GONE] = self._client_watch
-        if self._offers_splice:
-            scope[keys.SPLICE] = True
+        self._running = cast(EdgeCycle, cycle)
+        # The offer is made once per connection: no reference from the scope back to its cycle (a per-request
+        # reference cycle, left to the garbage collector, costs ~20 µs under load).
+        cast(dict[str, Any], cycle.scope)["extensions"] = {EDGE_EXTENSION: self._offer}
         super()._start_asgi_task(cycle, app)
 
     def _drop_server_date(self) -> None:
@@ -227,10 +222,11 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
             self.loop.call_later(max(grace - SHUTDOWN_MARGIN, 0), self._end_exchange)
 
     def _end_exchange(self) -> None:
-        cycle = self.cycle
+        cycle = cast(EdgeCycle, self.cycle)
         if cycle.response_complete or self.transport.is_closing():
             return
-        cast(dict[str, Any], self.scope).setdefault(keys.REASON, "shutdown")
+        if cycle.listener is not None:
+            cycle.listener.edge_ended("shutdown")
         logger.info("closing an exchange with %s still open as the shutdown grace ends", _peer(self.client))
         cycle.disconnected = True
         cycle.message_event.set()
@@ -388,12 +384,12 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
 
     def _cut_body(self) -> None:
         """The body is too slow: answer 408 if the app has not answered yet, and end the exchange for both sides."""
-        cycle = self.cycle
-        scope = cast(dict[str, Any], self.scope)
-        scope[keys.REASON] = BODY_TIMEOUT.reason
+        cycle = cast(EdgeCycle, self.cycle)
         logger.info("refused a request from %s: %s", _peer(self.client), BODY_TIMEOUT.reason)
-        if not cycle.response_started:
-            scope[keys.EDGE_STATUS] = BODY_TIMEOUT.status
+        answered = not cycle.response_started
+        if cycle.listener is not None:
+            cycle.listener.edge_ended(BODY_TIMEOUT.reason, BODY_TIMEOUT.status if answered else None)
+        if answered:
             cycle.response_started = True
             self._write_refusal(BODY_TIMEOUT)
         else:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.protocols.utils import get_client_addr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.http11 import Request
 
-from gateway import scope as keys
 from gateway.edge.cycle import SEND_TIMEOUT
 from gateway.edge.limits import SendTimeout, limits_for
+from gateway.edge.offer import EDGE_EXTENSION, EdgeListener, EdgeOffer
 
 logger = logging.getLogger("gateway.server")
 
@@ -37,11 +38,22 @@ class EdgeWebSocketProtocol(SendTimeout, WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._start_send_timeout(self.loop, limits_for(config).send_timeout)
+        self._listener: EdgeListener | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        """uvicorn's, with the edge's offer in the session's scope (its task has not run yet)."""
+        super().handle_connect(event)
+        extensions = cast(dict[str, object], self.scope["extensions"])
+        extensions[EDGE_EXTENSION] = EdgeOffer(self._attach, None, splice=False)
+
+    def _attach(self, listener: EdgeListener) -> None:
+        self._listener = listener
 
     def _send_timed_out(self) -> None:
         scope = getattr(self, "scope", None)  # set once the handshake request has been read
         if scope is not None:
-            scope.setdefault(keys.REASON, SEND_TIMEOUT)
+            if self._listener is not None:
+                self._listener.edge_ended(SEND_TIMEOUT)
             client = get_client_addr(scope)
         else:
             client = "a client"

@@ -19,9 +19,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import scope as keys
 from gateway.cache import CacheStore
 from gateway.errors import PROBLEM_TYPE, problem_body, send_problem
+from gateway.exchange import exchange_of, request_id_of
 from gateway.ops.metrics import GatewayMetrics
 from gateway.routing.table import by_precedence
 from gateway.stages.netset import NetworkSet
@@ -41,7 +41,7 @@ async def health(request: Request) -> Response:
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     """Default of the Starlette router, which only ever sees `/_gateway/...` requests."""
-    await send_problem(send, 404, "No such gateway endpoint.", scope.get(keys.REQUEST_ID, ""))
+    await send_problem(send, 404, "No such gateway endpoint.", request_id_of(scope))
 
 
 class AdminGuard:
@@ -55,8 +55,8 @@ class AdminGuard:
     def refusal(self, request: Request, *, token: bool = True) -> Response | None:
         """None when allowed, else the 403 or 401 answer. `token=False` checks the address only (the dashboard's
         page, which holds no data: its script sends the token with each data request)."""
-        request_id = request.scope.get(keys.REQUEST_ID, "")
-        client = request.scope.get(keys.CLIENT_IP) or (request.client.host if request.client else "")
+        request_id = request_id_of(request.scope)
+        client = exchange_of(request.scope).client_ip
         if self._networks is not None and not self._networks.contains(client):
             body = problem_body(403, "Gateway endpoints are not open to your address.", request_id)
             return Response(body, 403, media_type=PROBLEM_TYPE)
@@ -118,7 +118,7 @@ def gateway_routes(
 
     async def purge(request: Request) -> Response:
         """`{"path": "/a/b"}` drops that URL (any query, any host); `"prefix": true` everything below it."""
-        request_id = request.scope.get(keys.REQUEST_ID, "")
+        request_id = request_id_of(request.scope)
         try:
             order = await request.json()
             path, below = order["path"], bool(order.get("prefix", False))
@@ -136,7 +136,7 @@ def gateway_routes(
         if problems:
             body = json.loads(problem_body(400, "The new configuration is invalid; nothing changed.", ""))
             body["errors"] = problems
-            body["request_id"] = request.scope.get(keys.REQUEST_ID, "")
+            body["request_id"] = request_id_of(request.scope)
             return JSONResponse(body, 400, media_type=PROBLEM_TYPE)
         return JSONResponse({"status": "reloaded"})
 

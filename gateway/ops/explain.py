@@ -3,9 +3,10 @@ gateway would do with one request, from the settings alone (nothing is started, 
 
 from __future__ import annotations
 
+from gateway.plan import plan
 from gateway.routing.paths import BadTarget, routing_path, strip_segments
 from gateway.routing.table import RouteTable, by_precedence, in_gateway_namespace
-from settings import GatewaySettings, RateLimitPolicy, RouteSettings
+from settings import GatewaySettings, RouteSettings
 
 
 def route_lines(settings: GatewaySettings) -> list[str]:
@@ -42,7 +43,9 @@ def explain(settings: GatewaySettings, method: str, target: str) -> list[str]:
     route: RouteSettings = matched  # type: ignore[assignment]
     lines.append(f"  route: {prefix}")
     lines.append("  middleware, outermost first:")
-    lines += [f"    {step}" for step in _chain(settings, route, method)]
+    layout = plan(settings)
+    planned = next(candidate for candidate in layout.routes if candidate.route is route)
+    lines += [f"    {step}" for step in layout.lines(planned, method)]
     if route.static_dir is not None:
         lines.append(f"  answered from static files in {route.static_dir}")
         return lines
@@ -66,26 +69,3 @@ def explain(settings: GatewaySettings, method: str, target: str) -> list[str]:
     body = "no limit" if route.max_body_bytes is None else f"{route.max_body_bytes} bytes"
     lines.append(f"  request body: {body}")
     return lines
-
-
-def _chain(settings: GatewaySettings, route: RouteSettings, method: str) -> list[str]:
-    trusted = ", ".join(str(network) for network in settings.proxy.trusted_proxies) or "none"
-    steps = ["request id (X-Request-ID)", f"client IP (trusted proxies: {trusted})"]
-    if settings.access_log.enabled or settings.metrics.enabled:
-        steps.append("access log and metrics")
-    if settings.ip_filter.active:
-        steps.append("IP filter (global)")
-    steps += [_policy("rate limit (global)", policy, method) for policy in settings.rate_limit.policies]
-    steps += [f"middleware {item.dotted_path} (global)" for item in settings.middleware]
-    if route.ip_filter.active:
-        steps.append(f"IP filter ({route.prefix})")
-    steps += [_policy(f"rate limit ({route.prefix})", policy, method) for policy in route.rate_limit]
-    steps += [f"middleware {item.dotted_path} ({route.prefix})" for item in route.middleware]
-    return steps
-
-
-def _policy(label: str, policy: RateLimitPolicy, method: str) -> str:
-    applies = not policy.methods or method.upper() in policy.methods
-    name = f" {policy.name}" if policy.name else ""
-    note = "" if applies else f" — not for {method.upper()}"
-    return f"{label}{name}: {policy.rate}/s, burst {policy.burst}, per {policy.key}{note}"

@@ -7,18 +7,18 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import cast
 
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from gateway import scope as keys
 from gateway.client.prebuilt import PairHeaders, prebuilt_request
 from gateway.client.shared import TimedStream, close_response
 from gateway.client.transport import COMPLETE_BODY, HOLD_FOR_SPLICE, TLS_CONTEXT
 from gateway.edge.splice import SPLICE_MESSAGE
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
+from gateway.exchange import Exchange, exchange_of, target_of
 from gateway.proxy.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.proxy.retries import NOT_SENT, RetryPolicy
 from gateway.proxy.websocket_relay import WebSocketRelay
@@ -42,16 +42,16 @@ UPSTREAM_FAULTS = (
 WATCH_DELAY = 0.05
 
 
-class Exchange:
+class Relay:
     """Per-request relay state: whether the response started, and whether the client is still there."""
 
     __slots__ = (
-        "_server_watch",
         "_watch_timer",
         "_watcher",
         "_watching",
         "body_started",
         "client_gone",
+        "exchange",
         "head_deadline",
         "receive",
         "response_started",
@@ -59,7 +59,8 @@ class Exchange:
         "task",
     )
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, exchange: Exchange, receive: Receive, send: Send) -> None:
+        self.exchange = exchange
         self.receive = receive
         self.send = send
         self.task = asyncio.current_task()
@@ -67,7 +68,6 @@ class Exchange:
         self.body_started = False  # a byte of the client's body was taken: the request cannot be replayed
         self.client_gone = False
         self.head_deadline: asyncio.Timeout | None = None  # lifted once the response head is relayed
-        self._server_watch: Callable[[Callable[[], None] | None], None] | None = scope.get(keys.ON_CLIENT_GONE)
         self._watching = False
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -80,8 +80,8 @@ class Exchange:
         if self._watching:
             return
         self._watching = True
-        if self._server_watch is not None:
-            self._server_watch(self._client_went_away)
+        if self.exchange.edge is not None:
+            self.exchange.on_client_gone = self._client_went_away
             return
         self._watch_timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self._start_watching)
 
@@ -99,8 +99,7 @@ class Exchange:
         self._client_went_away()
 
     def stop_watching(self) -> None:
-        if self._watching and self._server_watch is not None:
-            self._server_watch(None)
+        self.exchange.on_client_gone = None
         if self._watch_timer is not None:
             self._watch_timer.cancel()
         if self._watcher is not None:
@@ -155,49 +154,50 @@ class ProxyEndpoint:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
             return
-        exchange = Exchange(scope, receive, send)
+        facts = exchange_of(scope)
+        relay = Relay(facts, receive, send)
         try:
             try:
                 if self._head_deadline is None:
-                    await self._relay(scope, exchange)
+                    await self._forward(scope, relay)
                 else:
                     async with asyncio.timeout(self._head_deadline) as deadline:
-                        exchange.head_deadline = deadline
-                        await self._relay(scope, exchange)
+                        relay.head_deadline = deadline
+                        await self._forward(scope, relay)
             finally:
-                exchange.stop_watching()
+                relay.stop_watching()
         except asyncio.CancelledError:
-            if not exchange.client_gone:
+            if not relay.client_gone:
                 raise
-            if exchange.task is not None:
-                exchange.task.uncancel()
-            scope.setdefault(keys.REASON, "client_closed")
-            logger.info("client went away; upstream exchange with %s cancelled", scope.get(keys.UPSTREAM))
+            if relay.task is not None:
+                relay.task.uncancel()
+            facts.reason = facts.reason or "client_closed"
+            logger.info("client went away; upstream exchange with %s cancelled", facts.upstream)
         except ClientGone:
-            scope.setdefault(keys.REASON, "client_closed")  # or the server's body deadline
-            logger.info("client went away during its exchange with %s", scope.get(keys.UPSTREAM))
+            facts.reason = facts.reason or "client_closed"  # or the server's body deadline
+            logger.info("client went away during its exchange with %s", facts.upstream)
         except Exception as exc:
             failure = failure_for(exc)
             if failure is None:
                 raise
-            scope[keys.REASON] = failure.reason
-            request_id = scope.get(keys.REQUEST_ID, "")
+            facts.reason = failure.reason
+            request_id = facts.request_id
             logger.log(
                 failure.log_level,
                 "%s %s via %s failed with %d: %s %s (%s) request_id=%s",
                 scope["method"],
                 scope["path"],
-                scope.get(keys.UPSTREAM),
+                facts.upstream,
                 failure.status,
                 exc.__class__.__name__,
                 exc,  # the transport's own words ("TLS with the upstream failed: CERTIFICATE_VERIFY_FAILED")
-                "response aborted" if exchange.response_started else "error response sent",
+                "response aborted" if relay.response_started else "error response sent",
                 request_id,
             )
-            if not exchange.response_started:
+            if not relay.response_started:
                 await send_problem(send, failure.status, failure.detail, request_id)
 
-    async def _relay(self, scope: Scope, exchange: Exchange) -> None:
+    async def _forward(self, scope: Scope, relay: Relay) -> None:
         declared_length, chunked = _body_framing(scope["headers"])
         if self._max_body is not None and declared_length > self._max_body:
             raise BodyTooLarge
@@ -211,11 +211,11 @@ class ProxyEndpoint:
             if upstream is None:
                 raise NoUpstream
             tried.append(upstream)
-            scope[keys.UPSTREAM] = upstream.url
+            relay.exchange.upstream = upstream.url
             upstream.counts["requests"] += 1
             upstream.in_flight += 1
             try:
-                request = self._upstream_request(scope, exchange, upstream, declared_length, chunked)
+                request = self._upstream_request(scope, relay, upstream, declared_length, chunked)
                 try:
                     if self._retries.per_try_timeout is None:  # no deadline: no coroutine of its own
                         response = await self._client.send(request, stream=True)
@@ -224,7 +224,7 @@ class ProxyEndpoint:
                 except httpx.TransportError as exc:
                     if isinstance(exc, UPSTREAM_FAULTS):
                         self._pool.record_failure(upstream)
-                    retryable = self._retries.after_error(exc, attempt, method, exchange.body_started)
+                    retryable = self._retries.after_error(exc, attempt, method, relay.body_started)
                     # A request that never left may go to the same instance again; one that did, only elsewhere.
                     upstream = (
                         self._retry_target(key, tried, same_allowed=isinstance(exc, NOT_SENT)) if retryable else None
@@ -241,15 +241,16 @@ class ProxyEndpoint:
                         upstream = retry_to
                         await self._retries.back_off(attempt)
                         continue
-                await self._respond(scope, exchange, response)
+                await self._respond(scope, relay, response)
                 return
             finally:
                 tried[-1].in_flight -= 1
 
-    def _may_splice(self, scope: Scope) -> bool:
+    def _may_splice(self, relay: Relay) -> bool:
         """Whether this exchange's long body may be spliced: the route allows it and the server offers it. The
         request asks the transport to hold such a body on exactly this condition, and _respond then splices it."""
-        return self._splice and keys.SPLICE in scope
+        edge = relay.exchange.edge
+        return self._splice and edge is not None and edge.splice
 
     def _retry_target(self, key: str | None, tried: list[Upstream], *, same_allowed: bool) -> Upstream | None:
         """The instance for a retry, if there is one and the retry budget allows it."""
@@ -270,7 +271,7 @@ class ProxyEndpoint:
         """The hash policy's key: client IP, a header, or a cookie (None when the request has none)."""
         spec = self._hash_key
         if spec == "client_ip":
-            return str(scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else ""))
+            return exchange_of(scope).client_ip
         kind, _, name = (spec or "").partition(":")
         wanted = b"cookie" if kind == "cookie" else name.lower().encode()
         header: bytes
@@ -286,47 +287,44 @@ class ProxyEndpoint:
                     return cookie_value
         return None
 
-    async def _respond(self, scope: Scope, exchange: Exchange, response: httpx.Response) -> None:
-        timings = scope.get(keys.TIMINGS)
-        if timings is not None:
-            timings["upstream_headers"] = time.perf_counter()
-        if keys.CACHE in scope:  # the route cache dates what it stores by the upstream's clock
-            scope[keys.UPSTREAM_DATE] = next(
-                (value for name, value in response.headers.raw if name.lower() == b"date"), None
-            )
+    async def _respond(self, scope: Scope, relay: Relay, response: httpx.Response) -> None:
+        facts = relay.exchange
+        facts.upstream_headers_at = time.perf_counter()
+        if facts.cache is not None:  # the route cache dates what it stores by the upstream's clock
+            facts.upstream_date = next((value for name, value in response.headers.raw if name.lower() == b"date"), None)
         try:
             status = response.status_code
-            await exchange.send(
+            await relay.send(
                 {
                     "type": "http.response.start",
                     "status": status,
                     "headers": client_response_headers(response.headers.raw, status),
                 }
             )
-            exchange.response_started = True
-            if exchange.head_deadline is not None:
-                exchange.head_deadline.reschedule(None)  # the body is bounded by `read` between chunks
+            relay.response_started = True
+            if relay.head_deadline is not None:
+                relay.head_deadline.reschedule(None)  # the body is bounded by `read` between chunks
             complete_body = response.extensions.get(COMPLETE_BODY)
             if complete_body is not None:
-                await exchange.send({"type": "http.response.body", "body": complete_body, "more_body": False})
+                await relay.send({"type": "http.response.body", "body": complete_body, "more_body": False})
                 return
             if status not in BODYLESS_STATUSES:
-                if self._may_splice(scope) and await _spliced(exchange, response.stream):
+                if self._may_splice(relay) and await _spliced(relay, response.stream):
                     return
                 # The raw stream, not aiter_raw(): same bytes and error mapping, and it also relays a body
                 # that a mock transport has already read.
                 body = cast(httpx.AsyncByteStream, response.stream)
                 async for chunk in body:
-                    await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await exchange.send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await relay.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await relay.send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await close_response(response)
 
     def _upstream_request(
-        self, scope: Scope, exchange: Exchange, upstream: Upstream, declared_length: int, chunked: bool
+        self, scope: Scope, relay: Relay, upstream: Upstream, declared_length: int, chunked: bool
     ) -> httpx.Request:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_path = target_of(scope)
         path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
         target = upstream.base_path + path
         if scope["query_string"]:
@@ -337,21 +335,21 @@ class ProxyEndpoint:
             scheme=scope["scheme"],
             prefix=self._prefix if self._strip else b"",
             trusted=self._resolver.is_trusted(peer),
-            request_id=scope.get(keys.REQUEST_ID, "").encode("latin-1"),
+            request_id=relay.exchange.request_id.encode("latin-1"),
         )
         upstream_headers = upstream_request_headers(
             headers, forwarded, host=None if self._preserve_host else upstream.host_header
         )
         body: httpx.AsyncByteStream | httpx.ByteStream
         if chunked or declared_length:
-            body = RequestBody(exchange, self._max_body)
+            body = RequestBody(relay, self._max_body)
             if chunked:
                 upstream_headers.append((b"transfer-encoding", b"chunked"))
         else:
             body = _NO_BODY
-            exchange.watch_for_disconnect()
+            relay.watch_for_disconnect()
         extensions: dict[str, object] = {"timeout": self._timeouts, **self._tls_extension}
-        if self._may_splice(scope):
+        if self._may_splice(relay):
             extensions[HOLD_FOR_SPLICE] = True  # _respond offers a long body to splice(2)
         # Headers and framing are complete, so httpx is handed the stream as is (no re-encoding).
         return prebuilt_request(
@@ -366,8 +364,8 @@ class RequestBody(httpx.AsyncByteStream):
     arranges its finalisation, work an upload does not need.
     """
 
-    def __init__(self, exchange: Exchange, max_body: int | None) -> None:
-        self._exchange = exchange
+    def __init__(self, relay: Relay, max_body: int | None) -> None:
+        self._relay = relay
         self._max_body = max_body
         self._received = 0
         self._more_body = True
@@ -376,10 +374,10 @@ class RequestBody(httpx.AsyncByteStream):
         return self
 
     async def __anext__(self) -> bytes:
-        exchange = self._exchange
+        relay = self._relay
         while self._more_body:
-            message = await exchange.receive()
-            exchange.body_started = True
+            message = await relay.receive()
+            relay.body_started = True
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk: bytes = message.get("body", b"")
@@ -389,21 +387,21 @@ class RequestBody(httpx.AsyncByteStream):
                 raise BodyTooLarge
             if chunk:
                 return chunk
-        exchange.watch_for_disconnect()
+        relay.watch_for_disconnect()
         raise StopAsyncIteration
 
 
 _NO_BODY = httpx.ByteStream(b"")
 
 
-async def _spliced(exchange: Exchange, body: object) -> bool:
+async def _spliced(relay: Relay, body: object) -> bool:
     """Relay the rest of the body by splice(2) if the transport can hand it over; whether it went that way."""
     source = body.splice_source() if isinstance(body, TimedStream) else None
     if source is None:
         return False
     for piece in source.received:
-        await exchange.send({"type": "http.response.body", "body": piece, "more_body": True})
-    await exchange.send({"type": SPLICE_MESSAGE, "source": source, "count": source.count})
+        await relay.send({"type": "http.response.body", "body": piece, "more_body": True})
+    await relay.send({"type": SPLICE_MESSAGE, "source": source, "count": source.count})
     return True
 
 

@@ -8,8 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from gateway import scope as keys
 from gateway.errors import send_problem
+from gateway.exchange import request_id_of
 
 
 class StaticEndpoint:
@@ -31,4 +31,4 @@ class StaticEndpoint:
         try:
             await self._files(child, receive, send)
         except HTTPException as exc:  # 404, 405: StaticFiles signals them by raising
-            await send_problem(send, exc.status_code, exc.detail, scope.get(keys.REQUEST_ID, ""))
+            await send_problem(send, exc.status_code, exc.detail, request_id_of(scope))

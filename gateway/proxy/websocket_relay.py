@@ -17,8 +17,8 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from gateway import scope as keys
 from gateway.errors import refuse
+from gateway.exchange import exchange_of, request_id_of, target_of
 from gateway.proxy.headers import FORWARDING, HOP_BY_HOP, connection_named
 from gateway.routing.paths import strip_segments, url_safe
 from gateway.upstream.pool import Upstream, UpstreamPool
@@ -50,9 +50,9 @@ class WebSocketRelay:
             return
         upstream = self._pool.choose()
         if upstream is None:
-            await refuse(scope, send, 503, "No upstream instance is available right now.")
+            await refuse(scope, send, 503, "No upstream instance is available right now.", request_id_of(scope))
             return
-        scope[keys.UPSTREAM] = upstream.url
+        exchange_of(scope).upstream = upstream.url
         try:
             connection = await connect(
                 self._upstream_uri(scope, upstream),
@@ -68,12 +68,12 @@ class WebSocketRelay:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            await refuse(scope, send, status, "The upstream refused the WebSocket handshake.")
+            await refuse(scope, send, status, "The upstream refused the WebSocket handshake.", request_id_of(scope))
             return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             logger.error("WebSocket to %s failed: %s", upstream.url, type(exc).__name__)
             self._pool.record_failure(upstream)
-            await refuse(scope, send, 502, "The upstream could not be reached.")
+            await refuse(scope, send, 502, "The upstream could not be reached.", request_id_of(scope))
             return
         await send({"type": "websocket.accept", "subprotocol": connection.subprotocol})
         upstream.in_flight += 1
@@ -85,7 +85,7 @@ class WebSocketRelay:
             upstream.in_flight -= 1
 
     def _upstream_uri(self, scope: Scope, upstream: Upstream) -> str:
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_path = target_of(scope)
         path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
         target = upstream.base_path + path
         if scope["query_string"]:
@@ -100,8 +100,9 @@ def _upstream_headers(scope: Scope) -> list[tuple[str, str]]:
     kept = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers if name.lower() not in dropped]
     peer = scope["client"][0] if scope.get("client") else ""
     kept += [("x-forwarded-for", peer), ("x-forwarded-proto", "wss" if scope.get("scheme") == "wss" else "ws")]
-    if scope.get(keys.REQUEST_ID):
-        kept.append(("x-request-id", scope[keys.REQUEST_ID]))
+    request_id = exchange_of(scope).request_id
+    if request_id:
+        kept.append(("x-request-id", request_id))
     return kept
 
 

@@ -1,8 +1,8 @@
-"""Rate limiting: token buckets (kept as GCRA timestamps) in memory or in Redis, and the middleware."""
+"""Rate limiting: token buckets (kept as GCRA timestamps) in memory or in Redis, and the stage."""
 
 from gateway.ratelimit.buckets import Decision, Store
 from gateway.ratelimit.memory import MemoryStore
-from gateway.ratelimit.middleware import RateLimitMiddleware
 from gateway.ratelimit.redisstore import RedisStore
+from gateway.ratelimit.stage import RateLimitStage
 
-__all__ = ["Decision", "MemoryStore", "RateLimitMiddleware", "RedisStore", "Store"]
+__all__ = ["Decision", "MemoryStore", "RateLimitStage", "RedisStore", "Store"]

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Mapping, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import scope as keys
 from gateway.errors import refuse
+from gateway.exchange import exchange_of, target_of
 from gateway.routing.paths import BadTarget, routing_path
 from settings import RouteSettings
 
@@ -49,9 +49,9 @@ class GatewayRouter:
         # for the whole exchange (each frame in the chain is passed through on every wake-up).
         if scope["type"] not in ("http", "websocket"):
             return self.app(scope, receive, send)  # the lifespan
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        exchange = exchange_of(scope)
         try:
-            path = routing_path(raw_path)
+            path = routing_path(target_of(scope))  # as user middleware before the router may have rewritten it
         except BadTarget as exc:
             return _refuse(scope, send, "bad_target", 400, f"The request target is refused: {exc}.")
         if in_gateway_namespace(path):
@@ -62,7 +62,7 @@ class GatewayRouter:
         if found is None:
             return _refuse(scope, send, "no_route", 404, "No route matches this path.")
         prefix, endpoint = found
-        scope[keys.ROUTE] = prefix
+        exchange.route = prefix
         return endpoint(scope, receive, send)
 
 
@@ -78,5 +78,6 @@ def in_gateway_namespace(path: bytes) -> bool:
 
 
 async def _refuse(scope: Scope, send: Send, reason: str, status: int, detail: str) -> None:
-    scope[keys.REASON] = reason
-    await refuse(scope, send, status, detail)
+    exchange = exchange_of(scope)
+    exchange.reason = reason
+    await refuse(scope, send, status, detail, exchange.request_id)

@@ -1,30 +1,25 @@
-"""Client IP: settles `scope["gateway.client_ip"]` once, for every later stage (filters, limits, logs)."""
+"""Client IP: settles `exchange.client_ip` once, for every later stage (filters, limits, logs) and the relay."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from starlette.types import Scope
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from gateway import scope as keys
+from gateway.exchange import Exchange
 from gateway.stages.clientip_resolver import ClientIPResolver
+from gateway.stages.stage import Stage
 
 
-class ClientIPMiddleware:
-    """Resolves the client's address with the gateway's one resolver (trusted proxies only)."""
+class ClientIPStage(Stage):
+    """Resolves the client's address with the gateway's one resolver (trusted proxies only); until then the
+    exchange holds the peer's."""
 
-    def __init__(self, app: ASGIApp, *, resolver: ClientIPResolver) -> None:
-        self.app = app
+    name = "client IP"
+
+    def __init__(self, resolver: ClientIPResolver) -> None:
         self._resolver = resolver
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # Not a coroutine: it only settles a scope key, then hands back the next app's awaitable (one coroutine
-        # frame less per exchange).
-        if scope["type"] in ("http", "websocket"):
-            peer = scope["client"][0] if scope.get("client") else ""
-            if self._resolver.is_trusted(peer):
-                forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
-                scope[keys.CLIENT_IP] = self._resolver.resolve(peer, forwarded)
-            else:
-                scope[keys.CLIENT_IP] = peer
-        return self.app(scope, receive, send)
+    def on_request(self, exchange: Exchange, scope: Scope) -> None:
+        peer = exchange.client_ip
+        if self._resolver.is_trusted(peer):
+            forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
+            exchange.client_ip = self._resolver.resolve(peer, forwarded)

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from gateway import scope as keys
-from gateway.errors import refuse
+from gateway.exchange import Exchange
 from gateway.stages.netset import Network, NetworkSet
+from gateway.stages.stage import Refusal, Stage
+
+REFUSED = Refusal(403, "Requests from your address are not allowed here.", "ip_filter")
 
 
-class IPFilterMiddleware:
-    """Refuses requests by the resolved client IP (`scope["gateway.client_ip"]`, else the peer).
+class IPFilterStage(Stage):
+    """Refuses requests by the resolved client IP (`exchange.client_ip`).
 
-    Deny wins; an empty allow list allows everyone not denied. Refusals are 403 problem documents and
-    are marked `scope["gateway.reason"] = "ip_filter"` for the access log.
+    Deny wins; an empty allow list allows everyone not denied. Refusals are 403 problem documents, with the
+    reason `ip_filter` for the access log.
     """
 
-    def __init__(self, app: ASGIApp, *, allow: Iterable[Network] = (), deny: Iterable[Network] = ()) -> None:
-        self.app = app
+    name = "IP filter"
+
+    def __init__(self, allow: Iterable[Network] = (), deny: Iterable[Network] = ()) -> None:
         self._allow = NetworkSet(allow)
         self._deny = NetworkSet(deny)
 
@@ -28,13 +31,5 @@ class IPFilterMiddleware:
             return False
         return not self._allow or self._allow.contains(address)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        client = scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else "")
-        if self.allows(client):
-            await self.app(scope, receive, send)
-            return
-        scope[keys.REASON] = "ip_filter"
-        await refuse(scope, send, 403, "Requests from your address are not allowed here.")
+    def on_request(self, exchange: Exchange, scope: Scope) -> Refusal | None:
+        return None if self.allows(exchange.client_ip) else REFUSED

@@ -17,6 +17,9 @@ import pytest
 
 from gateway.edge import server_options
 from gateway.edge.listen import LISTENERS
+from gateway.ops.docs import END as CHAIN_END
+from gateway.ops.docs import START as CHAIN_START
+from gateway.ops.docs import chain_block
 from settings import load_settings
 from settings.reference import END, START, reference
 from tests.servers import (
@@ -201,6 +204,12 @@ def test_readme_configuration_reference_matches_the_models() -> None:
     readme = (ROOT / "README.md").read_text()
     start, end = readme.index(START), readme.index(END) + len(END)
     assert readme[start:end] == reference(), "run `python -m settings.reference` and paste it into README.md"
+
+
+def test_readme_chain_section_comes_from_the_plan() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(CHAIN_START), readme.index(CHAIN_END) + len(CHAIN_END)
+    assert readme[start:end] == chain_block(), "run `python -m gateway.ops.docs README.md`"
 
 
 def test_readme_opens_with_the_run_and_test_commands() -> None:

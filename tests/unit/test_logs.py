@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.exchange import Exchange
 from gateway.ops.logs import AccessFormatter, BatchWriter, DeferredQueueHandler, Entry, sole_access_handler
 from gateway.stages import accesslog
 
@@ -24,7 +25,7 @@ SCOPE = {
     "headers": [(b"host", b"gw"), (b"user-agent", b"t/1")],
     "client": ("192.0.2.7", 4000),
 }
-COUNTS = {"status": 200, "in": 0, "out": 5, "complete": 1}
+EXCHANGE = Exchange(request_id="r", client_ip="192.0.2.1", target=b"/a", status=200, bytes_out=5, complete=True)
 
 
 class Collected(logging.Handler):
@@ -58,7 +59,7 @@ def as_configured(entries: queue.SimpleQueue[Entry | None]) -> logging.Logger:
 
 
 def log_one() -> None:
-    accesslog._log(dict(SCOPE), 200, COUNTS, 0.0012345, None)
+    accesslog._log(dict(SCOPE), EXCHANGE, 200, 0.0012345, None)
 
 
 def test_the_gateways_own_handler_alone_gets_fields_without_a_record(entries: queue.SimpleQueue[Entry | None]) -> None:

@@ -11,11 +11,12 @@ import pytest
 import respx
 
 from gateway import create_app
-from gateway import scope as keys
+from gateway.exchange import exchange_of
 from gateway.ops.logs import AccessFormatter
 from gateway.stages import accesslog
-from gateway.stages.accesslog import AccessLogMiddleware, AccessRecord
+from gateway.stages.accesslog import AccessLogStage, AccessRecord
 from gateway.stages.accesslog import logger as access_logger
+from gateway.stages.pipeline import Pipeline
 from settings import SettingsError
 from tests.conftest import settings_with
 
@@ -157,14 +158,14 @@ async def test_a_client_that_left_is_logged_499_only_if_the_response_was_not_com
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok", "more_body": not complete})
-        scope[keys.REASON] = "client_closed"  # what the relay notes when it sees the client leave
+        exchange_of(scope).reason = "client_closed"  # what the relay notes when it sees the client leave
 
     async def ignore(message: Any) -> None:
         pass
 
     scope = {"type": "http", "method": "GET", "path": "/x", "query_string": b"", "headers": []}
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        await AccessLogMiddleware(app)(scope, ignore, ignore)
+        await Pipeline(app, stages=[AccessLogStage()])(scope, ignore, ignore)
     [record] = [record.msg for record in caplog.records if record.name == "gateway.access"]
     assert (record["status"], record["bytes_out"], record["reason"]) == (logged, 2, "client_closed")
 

@@ -14,7 +14,8 @@ import pytest
 import respx
 
 from gateway import create_app
-from gateway import scope as keys
+from gateway.edge.offer import EDGE_EXTENSION, EdgeOffer
+from gateway.exchange import EXCHANGE
 from tests.conftest import settings_with
 
 pytestmark = pytest.mark.anyio
@@ -321,11 +322,11 @@ async def _ignore(message: Any) -> None:
 
 
 async def test_the_edge_protocol_says_at_once_when_the_client_is_gone() -> None:
-    """With the edge protocol (scope[ON_CLIENT_GONE]) the relay hands over a callback once the body is read, and
-    the upstream exchange is cancelled the moment it is called: no watcher task, no WATCH_DELAY."""
+    """With the edge protocol (its offer in scope["extensions"]) the relay asks to be told once the body is read,
+    and the upstream exchange is cancelled the moment the edge tells: no watcher task, no WATCH_DELAY."""
     app, asked, cancelled = _slow_upstream_app()
     watch: list[Any] = []
-    scope = {**_scope("/api/slow"), keys.ON_CLIENT_GONE: watch.append}
+    scope = {**_scope("/api/slow"), "extensions": {EDGE_EXTENSION: EdgeOffer(watch.append, None, splice=False)}}
     sent_body = False
 
     async def receive() -> dict[str, Any]:
@@ -338,20 +339,22 @@ async def test_the_edge_protocol_says_at_once_when_the_client_is_gone() -> None:
 
     exchange = asyncio.create_task(app(scope, receive, _ignore))
     await asyncio.wait_for(asked.wait(), 5)
-    assert len(watch) == 1 and callable(watch[0])
-    watch[0]()
+    [listener] = watch  # the exchange, attached to the connection
+    assert callable(listener.on_client_gone)
+    listener.client_gone()
     await asyncio.wait_for(exchange, 5)
-    assert cancelled.is_set() and scope[keys.REASON] == "client_closed"
-    assert watch[-1] is None  # the exchange is over: nothing left registered on the connection
+    assert cancelled.is_set() and scope[EXCHANGE].reason == "client_closed"
+    assert listener.on_client_gone is None  # the exchange is over: nothing left registered on the connection
 
 
 async def test_after_an_upload_the_edge_protocol_can_still_cancel_the_exchange() -> None:
-    """The callback is handed over once the whole body has gone upstream, for a body in pieces too."""
+    """The relay asks to be told once the whole body has gone upstream, for a body in pieces too."""
     bodies: list[bytes] = []
     app, asked, cancelled = _slow_upstream_app(bodies)
     watch: list[Any] = []
     headers = [(b"host", b"gw.test"), (b"content-length", b"6")]
-    scope = {**_scope("/api/slow"), "method": "POST", "headers": headers, keys.ON_CLIENT_GONE: watch.append}
+    offer = EdgeOffer(watch.append, None, splice=False)
+    scope = {**_scope("/api/slow"), "method": "POST", "headers": headers, "extensions": {EDGE_EXTENSION: offer}}
     pieces = [
         {"type": "http.request", "body": b"abc", "more_body": True},
         {"type": "http.request", "body": b"def", "more_body": False},
@@ -366,10 +369,11 @@ async def test_after_an_upload_the_edge_protocol_can_still_cancel_the_exchange()
     exchange = asyncio.create_task(app(scope, receive, _ignore))
     await asyncio.wait_for(asked.wait(), 5)
     assert bodies == [b"abcdef"]
-    assert len(watch) == 1 and callable(watch[0])
-    watch[0]()
+    [listener] = watch
+    assert callable(listener.on_client_gone)
+    listener.client_gone()
     await asyncio.wait_for(exchange, 5)
-    assert cancelled.is_set() and scope[keys.REASON] == "client_closed"
+    assert cancelled.is_set() and scope[EXCHANGE].reason == "client_closed"
 
 
 async def test_under_another_server_a_disconnect_message_cancels_the_exchange() -> None:
@@ -383,4 +387,4 @@ async def test_under_another_server_a_disconnect_message_cancels_the_exchange() 
         return messages.pop(0)
 
     await asyncio.wait_for(app(scope, receive, _ignore), 5)
-    assert asked.is_set() and cancelled.is_set() and scope[keys.REASON] == "client_closed"
+    assert asked.is_set() and cancelled.is_set() and scope[EXCHANGE].reason == "client_closed"

@@ -16,8 +16,8 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway import scope as keys
 from gateway.edge import EdgeProtocol, GatewayConfig, cycle
+from gateway.edge.offer import EDGE_EXTENSION
 from gateway.edge.writes import HeadHoldingTransport
 from settings import LimitsSettings
 from tests.conftest import cyclic_garbage
@@ -115,7 +115,7 @@ async def test_an_app_may_send_its_own_date_instead_of_the_servers() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         headers = [(b"content-length", b"2")]
         if scope["path"] == "/stored":
-            scope[keys.OWN_DATE]()
+            scope["extensions"][EDGE_EXTENSION].leave_out_date()
             headers.append((b"date", b"Tue, 24 Nov 2026 08:00:00 GMT"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"ok"})

@@ -1,4 +1,4 @@
-"""RateLimitMiddleware: 429 with Retry-After and the IETF RateLimit headers when a policy's bucket is empty."""
+"""The rate-limit stage: 429 with Retry-After and the IETF RateLimit headers when a policy's bucket is empty."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import hashlib
 import math
 from collections.abc import Awaitable, Sequence
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from gateway import scope as keys
-from gateway.errors import refuse
+from gateway.exchange import Exchange
 from gateway.ratelimit.buckets import Decision, Store
 from gateway.stages.netset import NetworkSet
+from gateway.stages.stage import Refusal, Stage
 from settings import RateLimitPolicy
 
 GATEWAY_ENDPOINTS = "/_gateway/"
@@ -63,16 +63,17 @@ class Policy:
         ]
 
 
-class RateLimitMiddleware:
+class RateLimitStage(Stage):
     """Spends a token from every applicable policy's bucket, in order; the first empty bucket refuses.
 
-    Trusts `scope["gateway.client_ip"]` (set by ClientIPMiddleware). A store failure lets the request
-    through, or answers 503 when `fail_closed`. `/_gateway/...` is never limited.
+    Trusts `exchange.client_ip` (settled by the client-IP stage). A store failure lets the request through, or
+    answers 503 when `fail_closed`. `/_gateway/...` is never limited.
     """
+
+    name = "rate limit"
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         policies: Sequence[RateLimitPolicy],
         store: Store,
@@ -80,7 +81,6 @@ class RateLimitMiddleware:
         fail_closed: bool = False,
         headers_on_success: bool = False,
     ) -> None:
-        self.app = app
         # A bucket belongs to the policy's content, not its position: after a reload, an unchanged policy keeps
         # its buckets (same store, same keys) and a changed one starts afresh.
         self._policies = [Policy(policy, f"{bucket_prefix}{_digest(policy)}:") for policy in policies]
@@ -88,12 +88,14 @@ class RateLimitMiddleware:
         self._fail_closed = fail_closed
         self._headers_on_success = headers_on_success
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def on_request(self, exchange: Exchange, scope: Scope) -> Awaitable[Refusal | None] | None:
         # The gateway's own endpoints (health checks from a platform) are never limited.
-        if scope["type"] not in ("http", "websocket") or scope["path"].startswith(GATEWAY_ENDPOINTS):
-            await self.app(scope, receive, send)
-            return
-        client = scope.get(keys.CLIENT_IP) or (scope["client"][0] if scope.get("client") else "")
+        if scope["path"].startswith(GATEWAY_ENDPOINTS):
+            return None
+        return self._decide(exchange, scope)
+
+    async def _decide(self, exchange: Exchange, scope: Scope) -> Refusal | None:
+        client = exchange.client_ip
         tightest: tuple[Policy, Decision] | None = None
         for policy in self._policies:
             if not policy.applies(scope.get("method", "GET"), client):  # a WebSocket handshake is a GET
@@ -101,30 +103,22 @@ class RateLimitMiddleware:
             decision = await self._store.hit(policy.bucket(scope, client), policy.interval, policy.capacity)
             if decision is None:
                 if self._fail_closed:
-                    scope[keys.REASON] = "rate_limit_store"
-                    await refuse(scope, send, 503, "Rate limiting is unavailable.")
-                    return
+                    return STORE_FAILED
                 continue
             if not decision.allowed:
-                await self._refuse(scope, send, policy, decision)
-                return
+                return _refusal(policy, decision)
             if tightest is None or decision.remaining < tightest[1].remaining:
                 tightest = (policy, decision)
-        if not self._headers_on_success or tightest is None:
-            await self.app(scope, receive, send)
-            return
-        extra = tightest[0].header_values(tightest[1])
+        if self._headers_on_success and tightest is not None:
+            # Ahead of those an earlier (global) stage decided on, as the nearer limit's.
+            exchange.response_headers = [*tightest[0].header_values(tightest[1]), *(exchange.response_headers or ())]
+        return None
 
-        def send_with_headers(message: Message) -> Awaitable[None]:  # hands back send's awaitable: no frame
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
-            return send(message)
 
-        await self.app(scope, receive, send_with_headers)
+STORE_FAILED = Refusal(503, "Rate limiting is unavailable.", "rate_limit_store")
 
-    async def _refuse(self, scope: Scope, send: Send, policy: Policy, decision: Decision) -> None:
-        scope[keys.REASON] = "rate_limit"
-        retry_after = max(1, math.ceil(decision.retry_after))
-        headers = [(b"retry-after", str(retry_after).encode()), *policy.header_values(decision)]
-        detail = f"Too many requests; retry after {retry_after} s."
-        await refuse(scope, send, 429, detail, headers)
+
+def _refusal(policy: Policy, decision: Decision) -> Refusal:
+    retry_after = max(1, math.ceil(decision.retry_after))
+    headers = [(b"retry-after", str(retry_after).encode()), *policy.header_values(decision)]
+    return Refusal(429, f"Too many requests; retry after {retry_after} s.", "rate_limit", headers)
