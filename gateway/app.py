@@ -1,5 +1,5 @@
-"""create_app(): the ASGI application, its middleware chain, the lifespan that owns the shared client, and
-reloading: a new generation of all that, switched to atomically."""
+"""create_app(): the ASGI application, the generations it serves (each built from the plan), the lifespan that
+owns the shared client, and reloading: a new generation, switched to in one assignment."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
-from starlette.types import ASGIApp
+from starlette.routing import Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.cache import CacheMiddleware, CacheStore, MemoryCacheStore, RedisCacheStore
 from gateway.client.shared import create_client, upstream_tls
@@ -66,39 +67,38 @@ def create_app(
     """The gateway as a Starlette app.
 
     `settings` defaults to load_settings() (environment, .env, GATEWAY_CONFIG); `transport` goes under the
-    shared httpx client (tests pass `httpx.MockTransport`); `middleware` runs after the request id is set
-    and before the route is matched (after those from settings). A wrong middleware setting raises
+    shared httpx client (tests pass `httpx.MockTransport`); `middleware` runs after the global stages and
+    before the route is matched (after those from settings). A wrong middleware setting raises
     SettingsError naming the key. A reload (SIGHUP, `POST /_gateway/reload`) reads `settings_source()`.
     """
     runtime = Runtime(settings_source, transport, middleware)
     generation = runtime.build(settings or load_settings())
-    app = GatewayApp(
-        routes=generation.routes,
-        middleware=generation.chain,
-        exception_handlers={500: _internal_error},
-        lifespan=runtime.lifespan,
-    )
-    app.router.redirect_slashes = False
-    app.router.default = not_found
-    try:
-        app.build_middleware_stack()  # a trial build, so that a middleware refusing its options stops start-up
-    except (TypeError, ValueError) as exc:
-        raise SettingsError([f"middleware: {exc}"]) from None
-    runtime.attach(app, generation)
+    app = GatewayApp(runtime)
+    runtime.switch_to(generation)
     return app
 
 
-# The gateway's own layers, which let a splice message (gateway.edge.splice) through to the server.
-SPLICE_AWARE = frozenset({Pipeline, GatewayRouter})
-
-
 class GatewayApp(Starlette):
-    """The gateway's Starlette app, which the edge server asks whether it may offer splicing."""
+    """The gateway's Starlette app: its stack is built once, the way Starlette builds one (the last-resort error
+    handler, then middleware added with `add_middleware`), around the Runtime, which hands each request to the
+    current generation. The edge server asks it whether it may offer splicing."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(lifespan=runtime.lifespan)
+        self._runtime = runtime
+        runtime.serve_lifespan_with(self.router)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = self._runtime
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return ServerErrorMiddleware(app, handler=_internal_error, debug=self.debug)
 
     def accepts_splice(self) -> bool:
-        """True while the app's middleware are all the gateway's own: one added by settings, by `create_app`'s
-        `middleware` or by `add_middleware` might not know the splice message (GZip would drop it)."""
-        return all(cast(object, entry.cls) in SPLICE_AWARE for entry in self.user_middleware)
+        """True while no middleware but the gateway's own runs before the routes: one added by settings, by
+        `create_app`'s `middleware` or by `add_middleware` might not know the splice message (GZip would drop
+        it). A route's own middleware turn it off for that route (gateway.plan)."""
+        return not self.user_middleware and self._runtime.accepts_splice()
 
 
 @dataclass
@@ -106,23 +106,26 @@ class Generation:
     """Everything built from one version of the settings; requests started on it finish on it."""
 
     settings: GatewaySettings
-    chain: list[Middleware]
-    routes: list[BaseRoute]
+    app: ASGIApp  # the global pass, user middleware, the router and the routes
+    global_middleware: bool  # whether any user middleware runs before the routes
     pools: dict[str, UpstreamPool]
     checkers: list[HealthChecker]
     client: httpx.AsyncClient
     store: Store | None
     cache: CacheStore | None
+    metrics: GatewayMetrics | None
 
 
 class Runtime:
-    """Builds generations and switches between them: the reload, the lifespan and the SIGHUP handler.
+    """Builds generations and switches between them (Traefik's handler switcher): the reload, the lifespan and
+    the SIGHUP handler. Called as an ASGI app, it hands each request to the current generation.
 
-    A reload validates and builds the new generation completely before switching, in one step with no await,
-    so that a request sees either the old configuration or the new one. Unchanged parts carry over: the shared
-    client when `[client]` is unchanged, the rate-limit store (and so the buckets of unchanged policies) when
-    its settings are unchanged, and each upstream instance (health, ejection, counters) whose route prefix and
-    settings are unchanged. Replaced clients and stores are closed at shutdown.
+    Building a generation validates and builds it completely and changes nothing; the switch is one assignment,
+    with no await, so that a request sees either the old configuration or the new one, and a refused reload
+    leaves nothing to undo. Unchanged parts carry over: the shared client when `[client]` is unchanged, the
+    rate-limit store (and so the buckets of unchanged policies) when its settings are unchanged, and each
+    upstream instance (health, ejection, counters) whose route prefix and settings are unchanged. Replaced
+    clients and stores are closed at shutdown.
     """
 
     def __init__(
@@ -135,13 +138,28 @@ class Runtime:
         self._transport = transport
         self._middleware = middleware
         self._current: Generation | None = None
-        self._app: Starlette | None = None
+        self._lifespan_app: ASGIApp | None = None
         self._checks: list[asyncio.Task[None]] = []
         self._retired: list[httpx.AsyncClient | Store | CacheStore] = []
         self._lock = asyncio.Lock()
         self.metrics: GatewayMetrics | None = None
 
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "lifespan":
+            assert self._lifespan_app is not None
+            return self._lifespan_app(scope, receive, send)
+        assert self._current is not None
+        return self._current.app(scope, receive, send)
+
+    def serve_lifespan_with(self, app: ASGIApp) -> None:
+        """The app that runs the lifespan (the Starlette app's own router, which calls `lifespan`)."""
+        self._lifespan_app = app
+
+    def accepts_splice(self) -> bool:
+        return self._current is not None and not self._current.global_middleware
+
     def build(self, settings: GatewaySettings) -> Generation:
+        """A generation for `settings`, or SettingsError naming what is wrong; nothing in use is changed."""
         previous = self._current
         if previous is not None and previous.settings.client == settings.client:
             client = previous.client
@@ -164,13 +182,12 @@ class Runtime:
             if route.upstreams
         }
         metrics = self.metrics
-        if settings.metrics.enabled:
-            metrics = metrics or GatewayMetrics(pools, [store, cache])
-            metrics.track(pools, [store, cache])
-        tls = upstream_tls(settings.client)
+        if settings.metrics.enabled and metrics is None:
+            metrics = GatewayMetrics(pools, [store, cache])
         served_metrics = metrics if settings.metrics.enabled else None
         layout = plan(settings)
         resources = Resources(ClientIPResolver(settings.proxy.trusted_proxies), store, served_metrics)
+        tls = upstream_tls(settings.client)
         table = RouteTable(
             {
                 route.route.prefix: _route_app(
@@ -184,26 +201,30 @@ class Runtime:
             for route in settings.routes
             if route.upstreams and route.balancing.health_check is not None
         ]
-        # The global pass first; the route table is the innermost middleware: proxied and static requests end
-        # there, so they skip Starlette's exception middleware and router, which serve only `/_gateway/...`
-        # and the lifespan.
+        # The gateway's own endpoints (`/_gateway/...`) behind Starlette's router and exception middleware;
+        # proxied and static requests end in the route table and never pass them.
+        endpoints = Router(gateway_routes(settings, pools, served_metrics, self.reload, cache), redirect_slashes=False)
+        endpoints.default = not_found
+        user = [*from_settings(settings.middleware, "middleware"), *self._middleware]
         count_in = settings.access_log.enabled or served_metrics is not None
-        chain = [
-            Middleware(Pipeline, stages=layout.build_global(resources), count_in=count_in),
-            *from_settings(settings.middleware, "middleware"),
-            *self._middleware,
-            Middleware(GatewayRouter, table=table),
-        ]
-        routes = gateway_routes(settings, pools, served_metrics, self.reload, cache)
-        self.metrics = metrics
-        return Generation(settings, chain, routes, pools, checkers, client, store, cache)
+        try:
+            routed = wrap(GatewayRouter(ExceptionMiddleware(endpoints), table=table), user)
+        except (TypeError, ValueError) as exc:  # a middleware refusing its options
+            raise SettingsError([f"middleware: {exc}"]) from None
+        app = Pipeline(routed, stages=layout.build_global(resources), count_in=count_in)
+        return Generation(settings, app, bool(user), pools, checkers, client, store, cache, metrics)
 
-    def attach(self, app: Starlette, generation: Generation) -> None:
-        self._app = app
+    def switch_to(self, generation: Generation) -> None:
+        """Make `generation` current: no await, so every request sees one generation or the other."""
+        old = self._current
         self._current = generation
-        app.state.settings = generation.settings
-        app.state.client = generation.client
-        app.state.metrics = self.metrics if generation.settings.metrics.enabled else None
+        self.metrics = generation.metrics
+        if generation.metrics is not None and generation.settings.metrics.enabled:
+            generation.metrics.track(generation.pools, [generation.store, generation.cache])
+        if old is not None:
+            for resource in (old.client, old.store, old.cache):
+                if resource is not None and resource not in (generation.client, generation.store, generation.cache):
+                    self._retired.append(resource)
 
     async def reload(self) -> list[str]:
         """Switch to `settings_source()`; the problems (one `key: reason` each) when it is refused."""
@@ -211,30 +232,14 @@ class Runtime:
         if supervisor is not None:
             return self._replace_workers(supervisor)
         async with self._lock:
-            assert self._app is not None and self._current is not None
-            old = self._current
             try:
                 generation = self.build(self._source())
-                app = self._app
-                app.user_middleware = generation.chain
-                stack = app.build_middleware_stack()
             except SettingsError as exc:
                 logger.error("reload refused, still serving the previous configuration: %s", "; ".join(exc.problems))
-                self._restore(old)
                 return exc.problems
-            except (TypeError, ValueError) as exc:
-                logger.error("reload refused, still serving the previous configuration: middleware: %s", exc)
-                self._restore(old)
-                return [f"middleware: {exc}"]
-            # The switch: no await from here on.
-            app.router.routes = generation.routes
-            app.middleware_stack = stack
-            self.attach(app, generation)
+            self.switch_to(generation)
             self._stop_checks()
             self._start_checks()
-            for resource in (old.client, old.store, old.cache):
-                if resource is not None and resource not in (generation.client, generation.store, generation.cache):
-                    self._retired.append(resource)
         logger.warning("configuration reloaded: %d routes", len(generation.settings.routes))
         return []
 
@@ -249,13 +254,6 @@ class Runtime:
         os.kill(supervisor, signal.SIGHUP)
         logger.warning("configuration valid: the workers are being replaced one by one")
         return []
-
-    def _restore(self, old: Generation) -> None:
-        """Undo what a refused build touched (the Starlette app's middleware list, the metrics' pools)."""
-        assert self._app is not None
-        self._app.user_middleware = old.chain
-        if self.metrics is not None:
-            self.metrics.track(old.pools, [old.store, old.cache])
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:

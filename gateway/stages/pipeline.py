@@ -54,13 +54,7 @@ class Pipeline:
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         try:
-            outcome = first_refusal(self._request_hooks, exchange, scope)
-            if outcome is not None and not isinstance(outcome, Refusal):
-                outcome = await outcome
-            if outcome is not None:
-                await answer(scope, send, exchange, outcome)
-            else:
-                await self.app(scope, receive, send)
+            await proceed(self.app, scope, receive, send, exchange, first_refusal(self._request_hooks, exchange, scope))
         finally:
             for hook in self._complete_hooks:
                 hook(exchange, scope)
@@ -120,20 +114,7 @@ class RoutePass:
         exchange: Exchange = scope[EXCHANGE]
         if self._head_hooks:
             exchange.route_head_hooks = self._head_hooks
-        outcome = first_refusal(self._request_hooks, exchange, scope)
-        if outcome is None:
-            return self.app(scope, receive, send)
-        return self._finish(scope, receive, send, exchange, outcome)
-
-    async def _finish(
-        self, scope: Scope, receive: Receive, send: Send, exchange: Exchange, outcome: RequestOutcome
-    ) -> None:
-        if outcome is not None and not isinstance(outcome, Refusal):
-            outcome = await outcome
-        if outcome is not None:
-            await answer(scope, send, exchange, outcome)
-        else:
-            await self.app(scope, receive, send)
+        return proceed(self.app, scope, receive, send, exchange, first_refusal(self._request_hooks, exchange, scope))
 
 
 def request_hooks(stages: Sequence[Stage]) -> list[RequestHook]:
@@ -167,6 +148,31 @@ async def _awaited(
         result = hook(exchange, scope)
         outcome = result if result is None or isinstance(result, Refusal) else await result
     return outcome
+
+
+def proceed(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, exchange: Exchange, outcome: RequestOutcome
+) -> Awaitable[None]:
+    """`app` when the request hooks let the request on, else their refusal answered (awaited first if need be);
+    no coroutine of its own on the common path."""
+    if outcome is None:
+        return app(scope, receive, send)
+    return _refused_or_on(app, scope, receive, send, exchange, outcome)
+
+
+async def _refused_or_on(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    exchange: Exchange,
+    outcome: Refusal | Awaitable[Refusal | None],
+) -> None:
+    refusal = outcome if isinstance(outcome, Refusal) else await outcome
+    if refusal is None:
+        await app(scope, receive, send)
+    else:
+        await answer(scope, send, exchange, refusal)
 
 
 async def answer(scope: Scope, send: Send, exchange: Exchange, refusal: Refusal) -> None:
