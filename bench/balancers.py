@@ -8,18 +8,18 @@ from __future__ import annotations
 import timeit
 
 from gateway.upstream.pool import Upstream, UpstreamPool
-from gateway.upstream.selection import BUILT_IN
+from gateway.upstream.selection import BALANCERS
 from settings import OutlierSettings, UpstreamSettings
 
 
 def main() -> None:
     print(f"{'policy':<16}{'3 instances µs':>16}{'100 instances µs':>18}")
-    for name, factory in BUILT_IN.items():
+    for name in BALANCERS.aliases():
         cells = []
         for count in (3, 100):
             pool = UpstreamPool(
                 [Upstream(UpstreamSettings(url=f"http://10.0.{n // 250}.{n % 250}:80")) for n in range(count)],
-                factory(),
+                BALANCERS.make(name),
                 OutlierSettings(),
             )
             number = 20_000 if count == 3 else 2_000

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.cache import CacheMiddleware, CacheStore, MemoryCacheStore, RedisCacheStore
+from gateway.cache import CACHE_STORES, CacheMiddleware, CacheStore
 from gateway.client.shared import create_client, upstream_tls
 from gateway.errors import PROBLEM_TYPE, problem_body
 from gateway.exchange import request_id_of
@@ -35,7 +35,7 @@ from gateway.plan import Plan, Resources, RoutePlan, plan
 from gateway.proxy.endpoint import ProxyEndpoint
 from gateway.proxy.retries import RetryPolicy
 from gateway.proxy.static import StaticEndpoint
-from gateway.ratelimit import MemoryStore, RedisStore, Store
+from gateway.ratelimit import RATE_LIMIT_STORES, Store
 from gateway.routing.table import GatewayRouter, RouteTable
 from gateway.stages.clientip_resolver import ClientIPResolver
 from gateway.stages.pipeline import Pipeline, RoutePass
@@ -46,6 +46,7 @@ from gateway.upstream.selection import balancer_for
 from settings import (
     CacheStoreSettings,
     GatewaySettings,
+    RateLimitSettings,
     RouteSettings,
     SettingsError,
     UpstreamSettings,
@@ -330,8 +331,12 @@ def _on_sighup(reload: Callable[[], object]) -> Callable[[], None]:
 
 
 def _same_store(old: GatewaySettings, new: GatewaySettings) -> bool:
-    fields = ("store", "redis_url", "redis_timeout", "max_keys")
-    return all(getattr(old.rate_limit, name) == getattr(new.rate_limit, name) for name in fields)
+    """Whether the rate-limit store's own settings are unchanged (its policies may change freely)."""
+    return _store_part(old.rate_limit) == _store_part(new.rate_limit)
+
+
+def _store_part(limits: RateLimitSettings) -> RateLimitSettings:
+    return limits.model_copy(update={"policies": [], "on_store_failure": "open", "headers_on_success": False})
 
 
 def _pool(route: RouteSettings, index: int, existing: Mapping[tuple[str, UpstreamSettings], Upstream]) -> UpstreamPool:
@@ -352,9 +357,10 @@ def _pool(route: RouteSettings, index: int, existing: Mapping[tuple[str, Upstrea
 
 
 def _cache_store(settings: CacheStoreSettings) -> CacheStore:
-    if settings.store == "redis":
-        return RedisCacheStore(settings.redis_url, settings.redis_timeout, settings.keep_stale_seconds)
-    return MemoryCacheStore(settings.max_bytes)
+    try:
+        return CACHE_STORES.make(settings.store, settings)
+    except ValueError as exc:
+        raise SettingsError([f"cache.store: {exc}"]) from None
 
 
 def _rate_limit_store(settings: GatewaySettings) -> Store | None:
@@ -362,9 +368,10 @@ def _rate_limit_store(settings: GatewaySettings) -> Store | None:
     limits = settings.rate_limit
     if not limits.policies and not any(route.rate_limit for route in settings.routes):
         return None
-    if limits.store == "redis":
-        return RedisStore(limits.redis_url, limits.redis_timeout)
-    return MemoryStore(limits.max_keys)
+    try:
+        return RATE_LIMIT_STORES.make(limits.store, limits)
+    except ValueError as exc:
+        raise SettingsError([f"rate_limit.store: {exc}"]) from None
 
 
 def _route_app(

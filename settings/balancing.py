@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from settings.extensions import alias_or_dotted_path
+
 BALANCERS = ("round_robin", "least_in_flight", "random_two", "hash", "first")
 
 
@@ -82,6 +84,5 @@ class BalancingSettings(BaseModel):
 
     @model_validator(mode="after")
     def _known_policy(self) -> BalancingSettings:
-        if self.policy not in BALANCERS and ":" not in self.policy and "." not in self.policy:
-            raise ValueError(f"policy: {self.policy!r} is none of {', '.join(BALANCERS)} nor a dotted path")
+        alias_or_dotted_path(self.policy, BALANCERS, "policy")
         return self

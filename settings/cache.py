@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from settings.extensions import alias_or_dotted_path
 
 MIB = 1024 * 1024
 
@@ -58,7 +60,11 @@ class CacheStoreSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    store: Literal["memory", "redis"] = Field("memory", description="Where responses are stored. Default memory.")
+    store: str = Field(
+        "memory",
+        description="Where responses are stored: `memory`, `redis`, or a `package.module:Class` called with these "
+        "settings (a gateway.cache.CacheStore). Default memory.",
+    )
     max_bytes: int = Field(
         64 * MIB, ge=0, description="Memory store: bytes for stored responses, LRU beyond. Default 64 MiB."
     )
@@ -69,3 +75,8 @@ class CacheStoreSettings(BaseModel):
     keep_stale_seconds: float = Field(
         3600, ge=0, description="Redis store: how long entries outlive their freshness, for revalidation. Default 3600."
     )
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, store: str) -> str:
+        return alias_or_dotted_path(store, ("memory", "redis"), "store")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ImportString
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ImportString, field_validator
+
+from settings.extensions import alias_or_dotted_path
 
 
 def _parse_network(value: Any) -> Any:
@@ -91,8 +93,10 @@ class RateLimitSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policies: list[RateLimitPolicy] = Field(default_factory=list, description="Global policies. Default none.")
-    store: Literal["memory", "redis"] = Field(
-        "memory", description="`memory` (per worker process) or `redis` (shared by all instances). Default memory."
+    store: str = Field(
+        "memory",
+        description="`memory` (per worker process), `redis` (shared by all instances), or a `package.module:Class` "
+        "called with these settings (a gateway.ratelimit.Store). Default memory.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description='Redis for `store = "redis"`.')
     redis_timeout: float = Field(
@@ -107,3 +111,8 @@ class RateLimitSettings(BaseModel):
     headers_on_success: bool = Field(
         False, description="Add the `RateLimit` header to allowed responses too. Default false."
     )
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, store: str) -> str:
+        return alias_or_dotted_path(store, ("memory", "redis"), "store")

@@ -19,6 +19,8 @@ from redis.exceptions import RedisError
 
 from gateway.cache.policy import Stored
 from gateway.ops.outage import OutageReporter
+from gateway.registry import Registry
+from settings import CacheStoreSettings
 
 logger = logging.getLogger("gateway.cache")
 
@@ -176,3 +178,19 @@ def _decode(item: dict[str, Any]) -> Stored:
         float(item["lifetime"]),
         [(name.encode("latin-1"), None if value is None else value.encode("latin-1")) for name, value in item["vary"]],
     )
+
+
+def _memory_store(settings: CacheStoreSettings) -> CacheStore:
+    return MemoryCacheStore(settings.max_bytes)
+
+
+def _redis_store(settings: CacheStoreSettings) -> CacheStore:
+    return RedisCacheStore(settings.redis_url, settings.redis_timeout, settings.keep_stale_seconds)
+
+
+# `[cache] store`: an alias, or `package.module:Class` called with the `[cache]` settings.
+CACHE_STORES: Registry[CacheStore] = Registry(
+    "cache store",
+    {"memory": _memory_store, "redis": _redis_store},
+    required=("get", "put", "drop", "purge", "aclose"),
+)

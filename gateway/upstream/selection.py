@@ -4,12 +4,13 @@ by dotted path."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import itertools
 import math
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
+
+from gateway.registry import Registry
 
 if TYPE_CHECKING:
     from gateway.upstream.pool import Upstream
@@ -92,13 +93,17 @@ class First:
         return candidates[0]
 
 
-BUILT_IN: dict[str, type[Balancer]] = {
-    "round_robin": RoundRobin,
-    "least_in_flight": LeastInFlight,
-    "random_two": RandomTwo,
-    "hash": RendezvousHash,
-    "first": First,
-}
+BALANCERS: Registry[Balancer] = Registry(
+    "balancer",
+    {
+        "round_robin": RoundRobin,
+        "least_in_flight": LeastInFlight,
+        "random_two": RandomTwo,
+        "hash": RendezvousHash,
+        "first": First,
+    },
+    required=("pick",),
+)
 
 
 def balancer_for(policy: str) -> Balancer:
@@ -106,14 +111,4 @@ def balancer_for(policy: str) -> Balancer:
 
     Raises ValueError naming what could not be loaded.
     """
-    if policy in BUILT_IN:
-        return BUILT_IN[policy]()
-    module_name, _, attribute = policy.replace(":", ".").rpartition(".")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"cannot load balancer {policy!r}: {exc}") from None
-    balancer = factory()
-    if not callable(getattr(balancer, "pick", None)):
-        raise ValueError(f"{policy!r} has no pick(candidates, key) method")
-    return balancer  # type: ignore[no-any-return]
+    return BALANCERS.make(policy)
