@@ -254,6 +254,12 @@ def main() -> None:
         help="also measure bench/layers.py on the small scenarios: the gateway's server alone, then with the app's "
         "middleware chain, then with the proxy endpoint over a transport that answers at once",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of other code (a git worktree of an earlier commit) whose gateway and layers are measured "
+        "in the same run, in rows marked before/",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench/run.py needs wrk: apt-get install -y wrk (nginx too, for the fast origin)")
@@ -268,18 +274,22 @@ def main() -> None:
         if args.floor:
             rows += module_rows("python-floor", ["bench.floor", origin_url], scenarios, direct, args.duration)
         small = [scenario for scenario in scenarios if scenario.path == "/"]  # the layers answer `/`'s body only
-        if args.layers and small:
-            for layer in LAYERS:
-                rows += module_rows(f"layer/{layer}", ["bench.layers", layer, origin_url], small, direct, args.duration)
-        for feature in features:
-            port = free_port()
-            env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp), origin_url)}
-            env |= {"GATEWAY_SERVER__WORKERS": str(args.workers), "GATEWAY_SERVER__LOG_LEVEL": "warning"}
-            gateway_url = f"http://127.0.0.1:{port}"
-            with running(gateway_command(port), gateway_url + "/_gateway/health", env) as gateway:
-                for scenario in scenarios:
-                    through = measure(gateway_url, scenario, args.duration, gateway.pid)
-                    rows.append((scenario, feature, direct[scenario.name], through))
+        trees = [("", ROOT)] + ([("before/", args.baseline.resolve())] if args.baseline else [])
+        for label, tree in trees:
+            if args.layers and small:
+                for layer in LAYERS:
+                    layer_args = ["bench.layers", layer, origin_url]
+                    rows += module_rows(f"{label}layer/{layer}", layer_args, small, direct, args.duration, tree)
+        for label, tree in trees:
+            for feature in features:
+                port = free_port()
+                env = {**os.environ, "GATEWAY_ROUTES": routes, **feature_env(feature, Path(temp), origin_url)}
+                env |= {"GATEWAY_SERVER__WORKERS": str(args.workers), "GATEWAY_SERVER__LOG_LEVEL": "warning"}
+                gateway_url = f"http://127.0.0.1:{port}"
+                with running(gateway_command(port), gateway_url + "/_gateway/health", env, cwd=tree) as gateway:
+                    for scenario in scenarios:
+                        through = measure(gateway_url, scenario, args.duration, gateway.pid)
+                        rows.append((scenario, label + feature, direct[scenario.name], through))
     print_table(rows, args)
 
 
@@ -301,9 +311,10 @@ def peer_rows(
     scenarios: list[Scenario],
     direct: dict[str, dict[str, float]],
     duration: int,
+    cwd: Path = ROOT,
 ) -> list[tuple[Scenario, str, dict[str, float], dict[str, float]]]:
-    """A proxy to compare with, started by `command` and measured on every scenario."""
-    with running(command, url) as peer:
+    """A proxy to compare with, started by `command` in `cwd` and measured on every scenario."""
+    with running(command, url, cwd=cwd) as peer:
         return [
             (scenario, name, direct[scenario.name], measure(url, scenario, duration, peer.pid))
             for scenario in scenarios
@@ -316,22 +327,26 @@ def module_rows(
     scenarios: list[Scenario],
     direct: dict[str, dict[str, float]],
     duration: int,
+    tree: Path = ROOT,
 ) -> list[tuple[Scenario, str, dict[str, float], dict[str, float]]]:
-    """A bench module serving on a free port (`python -m MODULE ARGS --port N`), pinned like the gateway."""
+    """A bench module of `tree` serving on a free port (`python -m MODULE ARGS --port N`), pinned like the
+    gateway."""
     port = free_port()
     command = pinned(os.environ.get("PROXY_CPU", "0"), [sys.executable, "-m", *module_args, "--port", str(port)])
-    return peer_rows(name, command, f"http://127.0.0.1:{port}", scenarios, direct, duration)
+    return peer_rows(name, command, f"http://127.0.0.1:{port}", scenarios, direct, duration, tree)
 
 
 def print_table(rows: list[tuple[Scenario, str, dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {os.cpu_count()} CPUs  workers={args.workers}  {args.duration}s/cell")
-    header = f"{'scenario':<16}{'target':<17}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'errors':>7}"
+    header = f"{'scenario':<16}{'target':<24}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'errors':>7}"
     print(header + f"{'x direct':>9}{'x nginx':>9}{'CPU-s/10k':>10}{'µs/req':>8}")
     nginx = {scenario.name: result for scenario, feature, _, result in rows if feature == "nginx"}
     shown: set[str] = set()
     order = list(SCENARIOS)
     for scenario, feature, direct, through in sorted(rows, key=lambda row: order.index(row[0].name)):
-        cells = [(feature if feature in PEERS else f"gateway/{feature}", through)]
+        tree = "before/" if feature.startswith("before/") else ""  # --baseline's rows
+        own = feature.removeprefix(tree)
+        cells = [(tree + (own if own in PEERS else f"gateway/{own}"), through)]
         if scenario.name not in shown:
             cells.insert(0, ("direct", direct))
             shown.add(scenario.name)
@@ -342,7 +357,7 @@ def print_table(rows: list[tuple[Scenario, str, dict[str, float], dict[str, floa
             cpu = result.get("cpu_per_10k")
             cpu_text = f"{cpu:>10.2f}{cpu * 100:>8.0f}" if cpu is not None else f"{'-':>10}{'-':>8}"
             print(
-                f"{scenario.name:<16}{name:<17}{result['rps']:>9.0f}{result['bytes'] / result['seconds'] / 1e6:>8.1f}"
+                f"{scenario.name:<16}{name:<24}{result['rps']:>9.0f}{result['bytes'] / result['seconds'] / 1e6:>8.1f}"
                 f"{result['p50_ms']:>8.2f}{result['p99_ms']:>9.2f}{errors:>7}{ratio:>9.3f}{versus}{cpu_text}"
             )
 

@@ -90,6 +90,10 @@ class GatewayApp(Starlette):
         runtime.serve_lifespan_with(self.router)
 
     def build_middleware_stack(self) -> ASGIApp:
+        """The Runtime (each generation's global pass is its last-resort error handler), inside what was added
+        with `add_middleware`, inside Starlette's error middleware when there is any."""
+        if not self.user_middleware:
+            return self._runtime
         app: ASGIApp = self._runtime
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)

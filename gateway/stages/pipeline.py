@@ -1,5 +1,7 @@
 """The passes that run the stages: one ASGI layer for the global stages, one call for a route's.
 
+The global pass is also the last resort: an exception before anything was sent answers a short 500 problem.
+
 The global pass begins the Exchange, runs the global stages' request hooks (any may answer), then the rest of the
 app (user middleware, the router); every message the client is sent goes through one send of its own, which counts
 bytes and runs the response-head hooks (the route's, then the global ones); when the exchange is over, the
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.splice import SPLICE_MESSAGE
-from gateway.errors import refuse
+from gateway.errors import refuse, send_problem
 from gateway.exchange import EXCHANGE, Exchange
 from gateway.proxy.headers import Header
 from gateway.stages.stage import Refusal, RequestOutcome, Stage
@@ -55,6 +57,12 @@ class Pipeline:
     async def _run(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         try:
             await proceed(self.app, scope, receive, send, exchange, first_refusal(self._request_hooks, exchange, scope))
+        except Exception:
+            # The last resort for a bug in the gateway or a user middleware: a short 500 if nothing was sent yet;
+            # the traceback goes to the server's log only (it is raised on, as Starlette's error middleware does).
+            if scope["type"] == "http" and not exchange.status:
+                await send_problem(send, 500, "The gateway failed to handle this request.", exchange.request_id)
+            raise
         finally:
             for hook in self._complete_hooks:
                 hook(exchange, scope)
