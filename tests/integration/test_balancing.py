@@ -106,6 +106,49 @@ def test_an_idempotent_request_is_retried_on_another_instance() -> None:
     assert len(a.requests) == 1 and len(b.requests) == 1
 
 
+def unavailable(handler: UpstreamHandler, request: Received) -> None:
+    handler.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+
+
+def test_a_status_in_on_statuses_moves_a_get_to_another_instance_but_never_a_post() -> None:
+    """`[routes.balancing.retries] on_statuses`: a GET answered 503 is tried on the next instance; a POST that
+    reached an instance is never sent twice, whatever it was answered (issue 31)."""
+    with upstreams(unavailable, named(b"ok")) as (busy, ok):
+        route = {"prefix": "/", "upstreams": [busy.url, ok.url], "balancing": {"policy": "first"}}
+        with serve_app(create_app(settings_with(route))) as url, httpx.Client(timeout=10) as client:
+            fetched = client.get(url + "/x")
+            posted = client.post(url + "/orders/42/cancel")  # no body: only its method forbids a second try
+    assert (fetched.status_code, fetched.text) == (200, "ok")
+    assert (posted.status_code, posted.text) == (503, "busy")
+    assert [request.method for request in busy.requests] == ["GET", "POST"]
+    assert [request.method for request in ok.requests] == ["GET"]
+
+
+def test_a_request_whose_body_was_already_read_is_not_retried() -> None:
+    """A streamed PUT is idempotent, but once part of its body went upstream it cannot be replayed: the instance
+    that resets mid-body gets it once, the client a 502, and the other instance nothing (issue 31)."""
+    read_before_reset = threading.Event()
+
+    def reset_mid_body(handler: UpstreamHandler, request: Received) -> None:
+        handler.rfile.read(4096)  # a part of the body, then the connection is reset
+        read_before_reset.set()
+        handler.reset()
+
+    def body() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 8192
+            time.sleep(0.02)
+
+    with upstreams(reset_mid_body, named(b"ok")) as (resetting, ok):
+        resetting.read_body = False  # the responder reads the body itself
+        route = {"prefix": "/", "upstreams": [resetting.url, ok.url], "balancing": {"policy": "first"}}
+        with serve_app(create_app(settings_with(route))) as url:
+            response = httpx.put(url + "/files/a", content=body(), timeout=10)
+    assert read_before_reset.is_set()
+    assert response.status_code == 502
+    assert len(resetting.requests) == 1 and ok.requests == []
+
+
 def test_least_in_flight_sends_most_traffic_to_the_fast_instance() -> None:
     with upstreams(named(b"slow", delay=0.2), named(b"fast", delay=0.005)) as (slow, fast):
         route = {"prefix": "/", "upstreams": [slow.url, fast.url], "balancing": {"policy": "least_in_flight"}}

@@ -163,6 +163,16 @@ def test_head_limits_answer_431_and_414(upstream: ScriptedServer) -> None:
     assert at_limits.status_code == 200
 
 
+def test_max_headers_is_the_most_header_lines_accepted(upstream: ScriptedServer) -> None:
+    """Exactly `max_headers` lines pass; one more is 431 (issue 31: the boundary itself)."""
+    with edge(upstream.url, max_headers=20) as address:
+        at = exchange(
+            address, b"GET /api/a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n" + b"X-A: b\r\n" * 18 + b"\r\n"
+        )
+        over = exchange(address, b"GET /api/a HTTP/1.1\r\nHost: gw\r\n" + b"X-A: b\r\n" * 20 + b"\r\n")
+    assert (status_of(at), status_of(over)) == (200, 431)
+
+
 def test_an_endless_header_line_is_cut_without_buffering_it(upstream: ScriptedServer) -> None:
     with edge(upstream.url, max_head_bytes=4096) as address, socket.create_connection(address, timeout=WAIT) as conn:
         conn.sendall(b"GET /api/a HTTP/1.1\r\nHost: gw\r\nX-Endless: ")

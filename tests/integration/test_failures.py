@@ -110,8 +110,12 @@ def test_chunked_body_over_the_limit_is_cut_with_413() -> None:
     assert all(len(request.body) <= 100_000 for request in upstream.requests)
 
 
+@pytest.mark.parametrize("ending", ["reset", "close"])
 @pytest.mark.parametrize("framing", [b"Content-Length: 100000\r\n", b"Transfer-Encoding: chunked\r\n"])
-def test_upstream_dying_mid_body_aborts_the_client_response(framing: bytes) -> None:
+def test_upstream_dying_mid_body_aborts_the_client_response(framing: bytes, ending: str) -> None:
+    """An upstream that resets (RST) or closes (FIN) in the middle of a body: the client can tell the response is
+    incomplete; a close is never taken for the end of a chunked body (issue 31)."""
+
     def dies(handler: UpstreamHandler, request: Received) -> None:
         if request.target != b"/die":
             handler.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -120,7 +124,10 @@ def test_upstream_dying_mid_body_aborts_the_client_response(framing: bytes) -> N
         piece = b"x" * 1000
         handler.write(b"3e8\r\n" + piece + b"\r\n" if b"chunked" in framing else piece)
         time.sleep(0.2)
-        handler.reset()
+        if ending == "reset":
+            handler.reset()
+        else:
+            handler.connection.shutdown(socket.SHUT_WR)  # FIN; the handler then sees the gateway close its side
 
     with scripted_upstream(dies) as upstream, gateway(route_to(upstream.url)) as url:
         with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url + "/die", timeout=10) as response:

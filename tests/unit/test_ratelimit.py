@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -85,6 +87,21 @@ async def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
     assert len(upstream.calls) == 3
     reasons = [record.msg["reason"] for record in caplog.records if record.name == "gateway.access"]
     assert reasons == [None, None, "rate_limit", None]
+
+
+@pytest.mark.anyio
+async def test_tokens_refill_in_the_running_store(upstream: respx.MockRouter) -> None:
+    """The store the gateway runs on spends and refills by the clock: at 50/s with a burst of 1, the request
+    right after the first is refused, and one comes through again once a token is back (issue 31)."""
+    app = build(upstream, rate_limit={"policies": [{"name": "fast", "rate": 50, "burst": 1}]})
+    async with client_for(app) as client:
+        first, second = [(await client.get("/x")).status_code for _ in range(2)]
+        deadline = time.monotonic() + 2  # a token is back within 20 ms; 2 s bounds the wait on a loaded machine
+        again = (await client.get("/x")).status_code
+        while again == 429 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            again = (await client.get("/x")).status_code
+    assert (first, second, again) == (200, 429, 200)
 
 
 @pytest.mark.anyio
