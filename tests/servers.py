@@ -348,3 +348,46 @@ def raw_request(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
         while chunk := conn.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait (bounded) for `condition`, the event a test needs before its next step, instead of a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def accepted(pid: int, server_port: int, client: socket.socket) -> bool:
+    """Whether process `pid` has accept(2)ed the connection `client` made to `server_port` on loopback: the
+    kernel gives the server's end an inode only then, and `pid` holds a descriptor of it."""
+    client_port = client.getsockname()[1]
+    wanted = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    with open("/proc/net/tcp") as table:
+        inodes = {fields[9] for fields in (line.split() for line in table) if tuple(fields[1:3]) == wanted}
+    inodes.discard("0")
+    if not inodes:
+        return False
+    holding = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing
+            holding.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return any(f"socket:[{inode}]" in holding for inode in inodes)
+
+
+class StderrLines:
+    """A running process's standard error, read as it comes by a thread of its own, so that a test can wait for
+    a line (with wait_until) while the process runs."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            self._lines.append(line.decode(errors="replace"))
+
+    def text(self) -> str:
+        return "".join(self._lines)

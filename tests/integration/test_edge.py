@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -27,11 +28,13 @@ from tests.servers import (
     Received,
     ScriptedServer,
     UpstreamHandler,
+    accepted,
     read_to_close,
     respond_echo,
     respond_large,
     scripted_upstream,
     serve_app,
+    wait_until,
 )
 
 SMUGGLED = b"GET /api/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -325,7 +328,8 @@ def test_connections_over_the_cap_get_503(upstream: ScriptedServer) -> None:
     with edge(upstream.url, max_connections=4) as address:
         held = [socket.create_connection(address, timeout=WAIT) for _ in range(4)]
         try:
-            time.sleep(0.2)  # let the server accept them
+            for conn in held:
+                wait_until(lambda conn=conn: accepted(os.getpid(), address[1], conn), "the server to accept them")
             over = exchange(address, b"GET /api/a HTTP/1.1\r\nHost: gw\r\n\r\n")
         finally:
             for conn in held:

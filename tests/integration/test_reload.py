@@ -17,12 +17,14 @@ from tests.conftest import settings_with
 from tests.servers import (
     WAIT,
     Received,
+    StderrLines,
     UpstreamHandler,
     free_port,
     python_m_gateway,
     scripted_upstream,
     serve_app,
     wait_for_health,
+    wait_until,
 )
 
 
@@ -60,7 +62,7 @@ def test_reload_under_load_switches_atomically_and_keeps_unchanged_state() -> No
             load = threading.Thread(target=_hammer, args=(url, stop, failures, bodies), daemon=True)
             load.start()
             try:
-                time.sleep(0.3)
+                wait_until(lambda: "one" in bodies, "the load to be served by the first configuration")
                 # 1. A wrong configuration is refused with the keys named; the old one keeps serving.
                 source.problems = ["routes[0].upstreams[0].url: 'nope' is not an http(s) URL"]
                 refused = client.post("/_gateway/reload")
@@ -72,7 +74,7 @@ def test_reload_under_load_switches_atomically_and_keeps_unchanged_state() -> No
                     {"prefix": "/v2", "upstreams": [two.url]},
                 )
                 reloaded = client.post("/_gateway/reload")
-                time.sleep(0.5)
+                wait_until(lambda: "two" in bodies, "the load to reach the new instance")
             finally:
                 stop.set()
                 load.join(WAIT)
@@ -114,6 +116,7 @@ def test_sighup_reloads_python_m_gateway_from_its_config_file(tmp_path: Any) -> 
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for_health(url, process)
+            log = StderrLines(process)
             before = httpx.get(url + "/api/x").text
             config.write_text(f'[[routes]]\nprefix = "/api"\nupstreams = ["{two.url}"]\n')
             os.kill(process.pid, signal.SIGHUP)
@@ -122,13 +125,14 @@ def test_sighup_reloads_python_m_gateway_from_its_config_file(tmp_path: Any) -> 
                 time.sleep(0.05)
             config.write_text("[[routes]]\nprefix = 'no-slash'\n")
             os.kill(process.pid, signal.SIGHUP)
-            time.sleep(0.5)
+            # The reload was attempted and refused before the old configuration is checked:
+            wait_until(lambda: "reload refused" in log.text(), "the gateway to refuse the reload")
             still = httpx.get(url + "/api/x").text
         finally:
             process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=WAIT)
+            process.wait(WAIT)
     assert (before, after, still) == ("one", "two", "two")
-    assert "reload refused" in stderr.decode() and "routes[0].prefix" in stderr.decode()
+    assert "routes[0].prefix" in log.text()
 
 
 def test_several_workers_sum_their_metrics_and_are_replaced_on_reload(tmp_path: Any) -> None:

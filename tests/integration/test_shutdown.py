@@ -21,10 +21,12 @@ from tests.servers import (
     WAIT,
     Received,
     UpstreamHandler,
+    accepted,
     free_port,
     python_m_gateway,
     scripted_upstream,
     wait_for_health,
+    wait_until,
 )
 
 
@@ -90,9 +92,9 @@ def test_a_connection_accepted_just_before_sigterm_gets_its_request_answered() -
         try:
             wait_for_health(f"http://127.0.0.1:{port}", process)
             with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
-                time.sleep(0.3)  # accepted by now, with nothing sent yet
+                wait_until(lambda: accepted(process.pid, port, conn), "the gateway to accept the connection")
                 process.send_signal(signal.SIGTERM)
-                time.sleep(0.1)  # the shutdown has begun
+                assert _refuses_new_connections(port), "the shutdown has begun: the listener is closed"
                 conn.sendall(b"GET /api/late HTTP/1.1\r\nHost: gw\r\n\r\n")
                 answer = b""
                 with contextlib.suppress(ConnectionResetError):
