@@ -8,13 +8,12 @@ from collections.abc import Awaitable, Sequence
 
 from starlette.types import Scope
 
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, target_of
 from gateway.ratelimit.buckets import Decision, Store
+from gateway.routing.table import in_gateway_namespace
 from gateway.stages.netset import NetworkSet
 from gateway.stages.stage import Refusal, Stage
 from settings import RateLimitPolicy
-
-GATEWAY_ENDPOINTS = "/_gateway/"
 
 
 def _digest(policy: RateLimitPolicy) -> str:
@@ -89,8 +88,8 @@ class RateLimitStage(Stage):
         self._headers_on_success = headers_on_success
 
     def on_request(self, exchange: Exchange, scope: Scope) -> Awaitable[Refusal | None] | None:
-        # The gateway's own endpoints (health checks from a platform) are never limited.
-        if scope["path"].startswith(GATEWAY_ENDPOINTS):
+        # The gateway's own endpoints (health checks from a platform) are never limited, however spelled.
+        if in_gateway_namespace(target_of(scope)):
             return None
         return self._decide(exchange, scope)
 

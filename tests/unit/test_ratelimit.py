@@ -105,6 +105,19 @@ async def test_tokens_refill_in_the_running_store(upstream: respx.MockRouter) ->
 
 
 @pytest.mark.anyio
+async def test_the_gateways_own_endpoints_are_never_limited_however_spelled(upstream: respx.MockRouter) -> None:
+    """A platform's health checks must not be refused by a global limit; `/_Gateway/` is the same namespace to the
+    router (never proxied; its endpoints are spelled in lower case, so a 404), so it is to the limiter too: it
+    spends no token."""
+    app = build(upstream, rate_limit={"policies": [{"name": "one", "rate": 0.01, "burst": 1}]})
+    async with client_for(app) as client:
+        health = [(await client.get(path)).status_code for path in ["/_gateway/health", "/_Gateway/health"] * 3]
+        proxied = [(await client.get("/x")).status_code for _ in range(2)]
+    assert health == [200, 404] * 3
+    assert proxied == [200, 429]  # the one token was still there
+
+
+@pytest.mark.anyio
 async def test_policies_by_header_method_network_and_route(upstream: respx.MockRouter) -> None:
     policies = [
         {"name": "keys", "key": "header:x-api-key", **SLOW},
