@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.types import Scope
 
@@ -56,7 +56,7 @@ class Exchange:
     # Headers stages decided on at the request for the response (the rate limits' state), added at its start.
     response_headers: list[Header] | None = None
     # The route's response-head hooks, run before the global ones (set when the route is entered).
-    route_head_hooks: tuple[Callable[[Exchange, Scope, list[Header]], None], ...] = field(default=())
+    route_head_hooks: tuple[Callable[[Exchange, Scope, list[Header]], None], ...] = ()
     # Called once if the client's connection is lost while set (the relay sets it while it has nothing to read).
     on_client_gone: Callable[[], None] | None = None
 
@@ -64,7 +64,7 @@ class Exchange:
     def begin(cls, scope: Scope) -> Exchange:
         """A new exchange for `scope`, attached to the edge where the server offers it."""
         client = scope.get("client")
-        edge = scope.get("extensions", {}).get(EDGE_EXTENSION)
+        edge = (scope.get("extensions") or {}).get(EDGE_EXTENSION)
         exchange = cls(
             client_ip=client[0] if client else "",
             target=target_of(scope),

@@ -19,6 +19,8 @@ from uvicorn.server import ServerState
 from gateway.edge import EdgeProtocol, GatewayConfig, cycle
 from gateway.edge.offer import EDGE_EXTENSION
 from gateway.edge.writes import HeadHoldingTransport
+from gateway.stages.pipeline import Pipeline
+from gateway.stages.requestid import RequestIdStage
 from settings import LimitsSettings
 from tests.conftest import cyclic_garbage
 
@@ -146,6 +148,31 @@ async def test_requests_leave_no_cyclic_garbage() -> None:
             protocol.data_received(GET)
             await turns()
     assert len(transport.writes) == 23
+    assert left == []
+
+
+async def test_exchanges_attached_to_the_edge_leave_no_cyclic_garbage() -> None:
+    """The app's Exchange attaches to the edge's per-connection offer and the running cycle holds it: that chain
+    must end with the request, not loop back to it."""
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    pipeline = Pipeline(answer, stages=[RequestIdStage()])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # as inside Starlette (uvicorn wants ASGI3 here)
+        await pipeline(scope, receive, send)
+
+    protocol, transport = connect(app)
+    for _ in range(3):
+        protocol.data_received(GET)
+        await turns()
+    with cyclic_garbage() as left:
+        for _ in range(20):
+            protocol.data_received(GET)
+            await turns()
+    assert len(transport.writes) == 23 and all(b"x-request-id: " in write for write in transport.writes)
     assert left == []
 
 
