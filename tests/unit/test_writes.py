@@ -131,14 +131,14 @@ async def test_an_app_may_send_its_own_date_instead_of_the_servers() -> None:
     assert dates == [[b"date: Tue, 24 Nov 2026 08:00:00 GMT"], [b"date: Thu, 26 Nov 2026 21:00:00 GMT"]]
 
 
-async def test_requests_leave_no_cyclic_garbage() -> None:
-    """Objects in a reference cycle wait for the garbage collector, whose passes cost ~20 µs per request under
-    load: what the protocol makes per request (cycle, scope, hooks) must be freed by reference counting."""
+async def _answer_ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
 
+async def _garbage_of_20_requests(app: Any) -> tuple[list[bytes], list[str]]:
+    """What 20 keep-alive requests to `app` through the edge protocol wrote, and what they left for the garbage
+    collector (after 3 to warm up)."""
     protocol, transport = connect(app)
     for _ in range(3):
         protocol.data_received(GET)
@@ -147,32 +147,27 @@ async def test_requests_leave_no_cyclic_garbage() -> None:
         for _ in range(20):
             protocol.data_received(GET)
             await turns()
-    assert len(transport.writes) == 23
+    return transport.writes, left
+
+
+async def test_requests_leave_no_cyclic_garbage() -> None:
+    """Objects in a reference cycle wait for the garbage collector, whose passes cost ~20 µs per request under
+    load: what the protocol makes per request (cycle, scope, hooks) must be freed by reference counting."""
+    writes, left = await _garbage_of_20_requests(_answer_ok)
+    assert len(writes) == 23
     assert left == []
 
 
 async def test_exchanges_attached_to_the_edge_leave_no_cyclic_garbage() -> None:
     """The app's Exchange attaches to the edge's per-connection offer and the running cycle holds it: that chain
     must end with the request, not loop back to it."""
-
-    async def answer(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    pipeline = Pipeline(answer, stages=[RequestIdStage()])
+    pipeline = Pipeline(_answer_ok, stages=[RequestIdStage()])
 
     async def app(scope: Any, receive: Any, send: Any) -> None:  # as inside Starlette (uvicorn wants ASGI3 here)
         await pipeline(scope, receive, send)
 
-    protocol, transport = connect(app)
-    for _ in range(3):
-        protocol.data_received(GET)
-        await turns()
-    with cyclic_garbage() as left:
-        for _ in range(20):
-            protocol.data_received(GET)
-            await turns()
-    assert len(transport.writes) == 23 and all(b"x-request-id: " in write for write in transport.writes)
+    writes, left = await _garbage_of_20_requests(app)
+    assert len(writes) == 23 and all(b"x-request-id: " in write for write in writes)
     assert left == []
 
 
