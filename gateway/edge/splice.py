@@ -5,8 +5,9 @@ response (bench/RESULTS.md).
 
 The relay offers it and the edge server does it: the app sends one message of type SPLICE_MESSAGE
 (`{"type": SPLICE_MESSAGE, "source": SpliceSource, "count": int}`) in place of the rest of the body, only when
-the edge set `scope[gateway.scope.SPLICE]`, which it does for plain TCP connections to an app whose middleware all
-know the message. The server writes in `message["sent"]` the bytes it delivered, also when it stops early.
+the edge's offer says `splice` (gateway.edge.offer), which it does for plain TCP connections to an app whose
+middleware all know the message. The server writes in `message["sent"]` the bytes it delivered, also when it
+stops early.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: they double the output and dashboards do not use them
 # Seconds; from a fast cache hit to a slow upstream.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Reasons (scope["gateway.reason"]) that are the upstream's fault rather than a refusal of the client.
+# Reasons (Exchange.reason) that are the upstream's fault rather than a refusal of the client.
 UPSTREAM_FAILURES = frozenset({"upstream_unreachable", "upstream_broken", "upstream_timeout"})
 STATUS_CLASSES = {index: f"{index}xx" for index in range(1, 6)}
 # Seconds between folds of the per-exchange tallies into the metrics: how late, at most, another worker's

@@ -109,7 +109,7 @@ class Relay:
 class ProxyEndpoint:
     """Relays one route's requests to its upstreams through the shared client.
 
-    Trusts the validated route settings and `scope[gateway.request_id]`; believes forwarding headers only
+    Trusts the validated route settings and the exchange's request id; believes forwarding headers only
     through `resolver`. Picks instances from `pool`, retries as `retries` allows (WebSocket upgrades go to a
     WebSocketRelay, with `tls` for wss:// upstreams), and answers
     413/502/503/504 itself; after the response started, a failure aborts the connection so the client can
