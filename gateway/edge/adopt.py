@@ -8,8 +8,8 @@ new connection per turn, so that a busy worker is slow to take a burst of them (
 uvicorn reads the protocol, the event loop and the options below from its Config only after it has imported the
 app (its command line imports the app first; a worker process resolves the protocol class and starts its loop
 earlier, but builds its servers and each connection's protocol later). So while uvicorn imports gateway.main,
-the gateway finds the Config doing so and, if `--http` was left at `auto`, applies what `python -m gateway` sets
-for these. An explicit `--http` is the operator's choice: kept, with a warning when it is not the edge.
+the gateway finds the Config doing so and, if `--http` was left at `auto` or names the edge, applies what
+`python -m gateway` sets for these. Another `--http` is the operator's choice: kept, with a warning.
 
 gunicorn with uvicorn's worker class (`-k uvicorn.workers.UvicornWorker`, or the uvicorn-worker package's) is
 served the same way: each worker makes its uvicorn Config before it imports the app and reads it after. Other
@@ -65,9 +65,12 @@ def adopt_loading_config(settings: GatewaySettings) -> None:
                 "are off; leave --http out, or pass --http gateway.server:EdgeProtocol",
                 getattr(chosen, "__name__", chosen),
             )
-        return
+            return
+    else:
+        config.http = config.http_protocol_class = EdgeProtocol
+    # The edge chosen by --http, or put in place here: either way the client's address is the gateway's to
+    # decide (proxy.trusted_proxies), so uvicorn's proxy headers go, with the other options the edge needs.
     options = server_options(settings, port=0)  # (the port stays uvicorn's; 0 keeps PORT out of it)
-    config.http = config.http_protocol_class = EdgeProtocol
     for name in _ADOPTED:
         setattr(config, name, options[name])
     if config.limit_concurrency is None:

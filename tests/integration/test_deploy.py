@@ -77,19 +77,23 @@ def test_python_m_gateway_options_follow_settings_and_port(monkeypatch: pytest.M
     assert server_options(load_settings(), host="0.0.0.0", port=1)["host"] == "0.0.0.0"
 
 
-@pytest.mark.parametrize("server", [UVICORN, GUNICORN_UVICORN_WORKER], ids=["uvicorn", "gunicorn-uvicorn-worker"])
+@pytest.mark.parametrize(
+    ("server", "args"),
+    [(UVICORN, ()), (UVICORN, ("--http", "gateway.server:EdgeProtocol")), (GUNICORN_UVICORN_WORKER, ())],
+    ids=["uvicorn", "uvicorn-http-edge", "gunicorn-uvicorn-worker"],
+)
 def test_uvicorn_and_its_gunicorn_worker_serve_the_gateway_with_its_edge_and_own_client_addresses(
-    server: tuple[str, ...],
+    server: tuple[str, ...], args: tuple[str, ...]
 ) -> None:
-    """`uvicorn gateway.main:app` with no `--http`, or gunicorn with uvicorn's worker class: the edge's `[limits]`
-    apply, and an X-Forwarded-For from an untrusted peer is not taken for the client's address (uvicorn's proxy
-    headers would take it from 127.0.0.1, which both trust by default)."""
+    """`uvicorn gateway.main:app` with no `--http` or with the edge's, or gunicorn with uvicorn's worker class: the
+    edge's `[limits]` apply, and an X-Forwarded-For from an untrusted peer is not taken for the client's address
+    (uvicorn's proxy headers would take it from 127.0.0.1, which both trust by default)."""
     with scripted_upstream() as upstream:
         env = {
             "GATEWAY_ROUTES": json.dumps([{"prefix": "/api", "upstreams": [upstream.url]}]),
             "GATEWAY_LIMITS__MAX_HEADERS": "10",
         }
-        with gateway_process(env, server=server) as gateway:
+        with gateway_process(env, args, server=server) as gateway:
             crowded = httpx.get(gateway.url + "/api/x", headers={f"x-extra-{index}": "1" for index in range(10)})
             forwarded = httpx.get(gateway.url + "/api/x", headers={"X-Forwarded-For": "203.0.113.7"})
             record = json.loads(gateway.stdout_lines(1, skip="/_gateway/")[0])  # the edge's 431 is not in it
