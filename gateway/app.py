@@ -164,18 +164,42 @@ class Runtime:
         return self._current is not None and not self._current.global_middleware
 
     def build(self, settings: GatewaySettings) -> Generation:
-        """A generation for `settings`, or SettingsError naming what is wrong; nothing in use is changed."""
+        """A generation for `settings`, or SettingsError naming what is wrong; nothing in use is changed. A
+        client or store made for a generation that is then refused is closed at shutdown with the retired ones."""
+        made: list[httpx.AsyncClient | Store | CacheStore] = []
+        try:
+            return self._assemble(settings, *self._shared_parts(settings, made))
+        except BaseException:
+            self._retired += made
+            raise
+
+    def _shared_parts(
+        self, settings: GatewaySettings, made: list[httpx.AsyncClient | Store | CacheStore]
+    ) -> tuple[httpx.AsyncClient, Store | None, CacheStore | None]:
+        """The client and the stores: the current generation's where their settings are unchanged, else new ones
+        (added to `made`)."""
         previous = self._current
         if previous is not None and previous.settings.client == settings.client:
             client = previous.client
         else:
             client = create_client(settings.client, self._transport)
+            made.append(client)
         store = previous.store if previous is not None and _same_store(previous.settings, settings) else None
-        store = store or _rate_limit_store(settings)
+        if store is None and (store := _rate_limit_store(settings)) is not None:
+            made.append(store)
         cache: CacheStore | None = None
         if any(route.cache.enabled for route in settings.routes):
             same = previous is not None and previous.cache is not None and previous.settings.cache == settings.cache
-            cache = previous.cache if same and previous is not None else _cache_store(settings.cache)
+            cache = previous.cache if same and previous is not None else None
+            if cache is None:
+                cache = _cache_store(settings.cache)
+                made.append(cache)
+        return client, store, cache
+
+    def _assemble(
+        self, settings: GatewaySettings, client: httpx.AsyncClient, store: Store | None, cache: CacheStore | None
+    ) -> Generation:
+        previous = self._current
         upstreams = {
             (prefix, upstream.settings): upstream
             for prefix, pool in (previous.pools.items() if previous is not None else ())
