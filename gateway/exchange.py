@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
-from gateway.edge.offer import EDGE_EXTENSION, EdgeOffer
+from gateway.edge.offer import EDGE_EXTENSION, EMPTY_QUERY_EXTENSION, EdgeOffer
 from gateway.proxy.headers import Header
 
 EXCHANGE = "gateway.exchange"
@@ -116,6 +116,15 @@ def request_id_of(scope: Scope) -> str:
     """The request id settled for this exchange ("" before the request-id stage ran, or outside the gateway)."""
     exchange: Exchange | None = scope.get(EXCHANGE)
     return exchange.request_id if exchange is not None else ""
+
+
+def query_of(scope: Scope) -> bytes | None:
+    """The query as sent: None when the target had none, b"" for a bare "?" (which the edge marks; other servers
+    give b"" for both, and so the "?" is lost there)."""
+    query: bytes = scope["query_string"]
+    if query or EMPTY_QUERY_EXTENSION in (scope.get("extensions") or ()):
+        return query
+    return None
 
 
 def target_of(scope: Scope) -> bytes:

@@ -36,7 +36,7 @@ from gateway.cache.policy import (
 from gateway.cache.ranges import UNSATISFIABLE, byte_range, if_range_holds
 from gateway.cache.store import CacheStore
 from gateway.errors import send_problem
-from gateway.exchange import EXCHANGE, exchange_of, request_id_of, target_of
+from gateway.exchange import EXCHANGE, exchange_of, query_of, request_id_of, target_of
 from gateway.proxy.headers import Header
 from settings import CacheSettings
 
@@ -395,8 +395,9 @@ def cache_key(scope: Scope) -> str:
             host = value.lower()
             break
     target = target_of(scope)
-    query = scope["query_string"]
-    return b"".join((host, b" ", target, b"?", query) if query else (host, b" ", target)).decode("latin-1")
+    query = query_of(scope)  # `/a?` is not `/a` (RFC 3986 6.2.3 keeps an empty component's delimiter)
+    parts = (host, b" ", target) if query is None else (host, b" ", target, b"?", query)
+    return b"".join(parts).decode("latin-1")
 
 
 def _same_origin_target(location: bytes | None, host: str) -> str | None:

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 EDGE_EXTENSION = "gateway.edge"
+# Present (as {}) in a request's extensions when its target ended in a bare "?": an empty query that ASGI's
+# `query_string` (b"" for none too) cannot tell apart from no query; the relay keeps it (signed URLs may).
+EMPTY_QUERY_EXTENSION = "gateway.empty_query"
 
 
 class EdgeListener(Protocol):

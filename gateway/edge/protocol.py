@@ -39,7 +39,7 @@ from gateway.edge import splice
 from gateway.edge.cycle import EdgeCycle
 from gateway.edge.deadline import Deadline
 from gateway.edge.limits import SendTimeout, limits_for
-from gateway.edge.offer import EDGE_EXTENSION, EdgeListener, EdgeOffer
+from gateway.edge.offer import EDGE_EXTENSION, EMPTY_QUERY_EXTENSION, EdgeListener, EdgeOffer
 from gateway.edge.websocket_protocol import EdgeWebSocketProtocol
 from gateway.edge.writes import HeadHoldingTransport
 from gateway.errors import PROBLEM_TYPE, problem_body
@@ -193,7 +193,12 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
         self._running = cast(EdgeCycle, cycle)
         # The offer is made once per connection: no reference from the scope back to its cycle (a per-request
         # reference cycle, left to the garbage collector, costs ~20 µs under load).
-        cast(dict[str, Any], cycle.scope)["extensions"] = {EDGE_EXTENSION: self._offer}
+        scope = cast(dict[str, Any], cycle.scope)
+        extensions = scope.get("extensions")
+        if extensions is None:
+            scope["extensions"] = {EDGE_EXTENSION: self._offer}
+        else:
+            extensions[EDGE_EXTENSION] = self._offer
         super()._start_asgi_task(cycle, app)
 
     def _drop_server_date(self) -> None:
@@ -299,7 +304,10 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
             path = urllib.parse.unquote(path)
         scope["path"] = self.root_path + path
         scope["raw_path"] = self._raw_root_path + raw_path
-        scope["query_string"] = url.query or b""
+        query = url.query
+        if query is None and self.url.endswith(b"?"):
+            scope["extensions"] = {EMPTY_QUERY_EXTENSION: {}}
+        scope["query_string"] = query or b""
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             app: ASGI3Application = service_unavailable

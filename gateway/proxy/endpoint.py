@@ -18,7 +18,7 @@ from gateway.client.shared import TimedStream, close_response
 from gateway.client.transport import COMPLETE_BODY, HOLD_FOR_SPLICE, TLS_CONTEXT
 from gateway.edge.splice import SPLICE_MESSAGE
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
-from gateway.exchange import Exchange, exchange_of, target_of
+from gateway.exchange import Exchange, exchange_of, query_of, target_of
 from gateway.proxy.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
 from gateway.proxy.retries import NOT_SENT, RetryPolicy
 from gateway.proxy.websocket_relay import WebSocketRelay
@@ -327,8 +327,9 @@ class ProxyEndpoint:
         raw_path = target_of(scope)
         path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
         target = upstream.base_path + path
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
+        query = query_of(scope)
+        if query is not None:
+            target += b"?" + query
         peer = scope["client"][0] if scope.get("client") else ""
         forwarded = ForwardedFor(
             peer=peer,

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway.errors import refuse
-from gateway.exchange import exchange_of, request_id_of, target_of
+from gateway.exchange import exchange_of, query_of, request_id_of, target_of
 from gateway.proxy.headers import FORWARDING, HOP_BY_HOP, connection_named
 from gateway.routing.paths import strip_segments, url_safe
 from gateway.upstream.pool import Upstream, UpstreamPool
@@ -88,8 +88,9 @@ class WebSocketRelay:
         raw_path = target_of(scope)
         path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
         target = upstream.base_path + path
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
+        query = query_of(scope)
+        if query is not None:
+            target += b"?" + query
         scheme = "wss" if upstream.scheme == "https" else "ws"
         return f"{scheme}://{upstream.host_header.decode('idna')}{url_safe(target).decode('ascii')}"
 

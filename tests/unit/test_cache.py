@@ -14,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway import create_app
 from gateway.cache import CacheMiddleware, MemoryCacheStore, middleware
+from gateway.edge.offer import EMPTY_QUERY_EXTENSION
 from settings import CacheSettings
 from tests.conftest import settings_with
 
@@ -517,3 +518,22 @@ async def test_a_stripping_route_keeps_cookies_out_of_the_store_on_every_path(cl
         hit = await client.get("/h")
     assert head.headers["set-cookie"] == "sid=head"
     assert hit.headers["cache-status"] == "gateway; hit" and "set-cookie" not in hit.headers
+
+
+@pytest.mark.parametrize(
+    ("query_string", "extensions", "key"),
+    [
+        (b"", {}, "gw /a"),
+        (b"", {EMPTY_QUERY_EXTENSION: {}}, "gw /a?"),  # the edge saw `/a?`: another resource than `/a`
+        (b"x=1", {}, "gw /a?x=1"),
+    ],
+)
+def test_the_cache_key_keeps_an_empty_query_apart(query_string: bytes, extensions: dict[str, Any], key: str) -> None:
+    scope = {
+        "type": "http",
+        "path": "/a",
+        "raw_path": b"/a",
+        "query_string": query_string,
+        "headers": [(b"host", b"GW")],
+    }
+    assert middleware.cache_key({**scope, "extensions": extensions}) == key
