@@ -90,6 +90,14 @@ def _mask_urls(value: Any) -> Any:
     return value
 
 
+def shown_path(path: Path) -> str:
+    """A folder as an operator reads it: relative to where the gateway runs when it lies below, else whole."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def route_table(settings: GatewaySettings) -> list[dict[str, Any]]:
     """Routes as the router sees them: longest prefix first."""
     table = []
@@ -98,7 +106,7 @@ def route_table(settings: GatewaySettings) -> list[dict[str, Any]]:
             {
                 "prefix": route.prefix,
                 "upstreams": [{"url": upstream.url, "weight": upstream.weight} for upstream in route.upstreams],
-                "static_dir": str(route.static_dir) if route.static_dir is not None else None,
+                "static_dir": shown_path(route.static_dir) if route.static_dir is not None else None,
                 "strip_prefix": route.strip_prefix,
                 "balancing": route.balancing.policy,
                 "middleware": [item.dotted_path for item in route.middleware],

@@ -3,6 +3,7 @@ gateway would do with one request, from the settings alone (nothing is started, 
 
 from __future__ import annotations
 
+from gateway.ops.admin import shown_path
 from gateway.plan import plan
 from gateway.routing.paths import BadTarget, routing_path, strip_segments
 from gateway.routing.table import RouteTable, by_precedence, in_gateway_namespace
@@ -14,7 +15,7 @@ def route_lines(settings: GatewaySettings) -> list[str]:
     lines = []
     for route in by_precedence(settings.routes):
         if route.static_dir is not None:
-            target = f"static files in {route.static_dir}"
+            target = f"static files in {shown_path(route.static_dir)}"
         else:
             target = ", ".join(f"{upstream.url} (weight {upstream.weight})" for upstream in route.upstreams)
             target += f"  [{route.balancing.policy}]"
@@ -47,7 +48,7 @@ def explain(settings: GatewaySettings, method: str, target: str) -> list[str]:
     planned = next(candidate for candidate in layout.routes if candidate.route is route)
     lines += [f"    {step}" for step in layout.lines(planned, method)]
     if route.static_dir is not None:
-        lines.append(f"  answered from static files in {route.static_dir}")
+        lines.append(f"  answered from static files in {shown_path(route.static_dir)}")
         return lines
     upstream_path = strip_segments(raw_path, prefix.encode()).decode() if route.strip_prefix else path
     sent = upstream_path + (f"?{query}" if query else "")

@@ -154,3 +154,15 @@ async def test_no_spelling_of_an_admin_path_reaches_an_upstream_or_leaks_metrics
     assert response.status_code in (400, 403, 404)
     assert "gateway_requests" not in response.text
     assert not upstream.calls, "never proxied"
+
+
+def test_folders_are_shown_relative_to_where_the_gateway_runs(tmp_path: Any) -> None:
+    """The dashboard, the admin API and `routes` show a static route's folder as the operator configured it
+    beside the gateway, not the machine's whole path (issue 30: the dashboard's picture showed one)."""
+    from pathlib import Path
+
+    from gateway.ops.admin import shown_path
+
+    (tmp_path / "public").mkdir()
+    assert shown_path(tmp_path / "public") == "public"  # the tests run in tmp_path
+    assert shown_path(Path("/usr/share")) == "/usr/share"

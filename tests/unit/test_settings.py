@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from settings import SettingsError, load_settings
-from settings.gateway import DEFAULT_CONFIG
+from settings.gateway import DEFAULT_CONFIG, GatewaySettings
+from settings.reference import _models_in, sections
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,3 +162,40 @@ def test_wrong_settings_stop_start_up_with_one_line_each_and_no_traceback(tmp_pa
         assert "Traceback" not in result.stderr
         lines = [line for line in result.stderr.splitlines() if line.startswith("configuration error:")]
         assert [line.split(":")[1].strip() for line in lines] == ["server.port", "routes[0].upstreams[0].url"]
+
+
+def _models_of_the_tree() -> list[type[BaseModel]]:
+    return [GatewaySettings, *(model for _, _, model in sections())]
+
+
+def _a_settings_path(path: list[str]) -> bool:
+    """Whether `a.b.c` names a key, starting from any model of the settings tree (the README writes route keys
+    as `timeouts.read` and global ones as `limits.send_timeout`)."""
+    for start in _models_of_the_tree():
+        model: type[BaseModel] | None = start
+        for index, part in enumerate(path):
+            if model is None or part not in model.model_fields:
+                break
+            inner = [found for found, _ in _models_in(model.model_fields[part].annotation)]
+            model = inner[0] if inner else None
+            if index == len(path) - 1:
+                return True
+    return False
+
+
+def _named_keys(text: str) -> list[list[str]]:
+    """Dotted settings names in backticks: `limits.send_timeout`, `[routes.cache] enabled`, `[routes.timeouts]`."""
+    keys = [name.split(".") for name in re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", text)]
+    for section, key in re.findall(r"`\[\[?([a-z_.]+)\]\]?(?: ([a-z_]+))?`", text):
+        keys.append(section.split(".") + ([key] if key else []))
+    first_segments = {name for model in _models_of_the_tree() for name in model.model_fields}
+    return [key for key in keys if key[0] in first_segments]
+
+
+def test_every_settings_key_the_readme_names_exists() -> None:
+    """The README once named `timeouts.total`, which the settings refuse (issue 30)."""
+    readme = (ROOT / "README.md").read_text()
+    named = _named_keys(readme[: readme.index("## Changelog")])  # the changelog may name keys that were renamed
+    assert len(named) > 30  # the check reads what it should
+    assert [".".join(key) for key in named if not _a_settings_path(key)] == []
+    assert not _a_settings_path(["timeouts", "total"]) and _a_settings_path(["timeouts", "response_header"])
