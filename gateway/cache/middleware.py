@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.cache.dates import http_date
 from gateway.cache.policy import (
     COOKIE_FIELDS,
     SAFE_METHODS,
@@ -23,7 +24,6 @@ from gateway.cache.policy import (
     first,
     freshened,
     freshness_lifetime,
-    http_date,
     judge,
     not_modified_for,
     parse_cache_control,

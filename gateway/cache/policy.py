@@ -7,13 +7,12 @@ max-age or Expires makes a response stale, never fresh; unknown directives are i
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from gateway.cache.dates import http_date
 from gateway.proxy.headers import Header
 
 # RFC 9110 15.1: statuses cacheable by default (heuristic freshness allowed).
@@ -84,21 +83,6 @@ def _split(text: str) -> list[str]:
             current.append(char)
     items.append("".join(current))
     return [item.strip() for item in items if item.strip()]
-
-
-def http_date(value: bytes | None) -> float | None:
-    """An HTTP-date as a timestamp; None when absent or invalid."""
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:
-        if b"," in value:
-            return None  # a zone other than GMT: not an HTTP-date
-        parsed = parsed.replace(tzinfo=datetime.UTC)  # asctime, which RFC 9110 5.6.7 says is GMT
-    return parsed.timestamp()
 
 
 def first(headers: Iterable[Header], name: bytes) -> bytes | None:

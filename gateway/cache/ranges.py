@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.cache.policy import first, http_date
+from gateway.cache.dates import http_date
+from gateway.cache.policy import first
 from gateway.proxy.headers import Header
 
 UNSATISFIABLE = (-1, -1)
