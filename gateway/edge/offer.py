@@ -27,17 +27,20 @@ class EdgeListener(Protocol):
 
 class EdgeOffer:
     """One per connection, made once: `attach(listener)` for the exchange that is running, `leave_out_date()` when
-    the app sends a Date of its own (None where the server writes none), and `splice` when the app may send the
-    rest of a long body as a splice message (gateway.edge.splice)."""
+    the app sends a Date of its own (None where the server writes none), `splice` when the app may send the rest
+    of a long body as a splice message (gateway.edge.splice), and `interim(status, headers)` to send a 1xx
+    interim response (103 Early Hints) before the final one (None where the server cannot)."""
 
-    __slots__ = ("attach", "leave_out_date", "splice")
+    __slots__ = ("attach", "interim", "leave_out_date", "splice")
 
     def __init__(
         self,
         attach: Callable[[EdgeListener], None],
         leave_out_date: Callable[[], None] | None,
         splice: bool,
+        interim: Callable[[int, list[tuple[bytes, bytes]]], None] | None = None,
     ) -> None:
         self.attach = attach
         self.leave_out_date = leave_out_date
         self.splice = splice
+        self.interim = interim

@@ -116,7 +116,7 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
         # The cycle whose task runs: uvicorn's `self.cycle` is already the next one when requests are pipelined.
         self._running: EdgeCycle | None = None
         # What every request's scope is offered (gateway.edge.offer), made once the connection is known.
-        self._offer = EdgeOffer(self._attach, self._drop_server_date, splice=False)
+        self._offer = EdgeOffer(self._attach, self._drop_server_date, splice=False, interim=self._send_interim)
         self._idle_deadline = Deadline(self.loop, self.timeout_keep_alive_handler)
         self._last_request = False  # shutting down: the next request's answer closes the connection
         self._raw_root_path = self.root_path.encode("ascii")
@@ -200,6 +200,20 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
         else:
             extensions[EDGE_EXTENSION] = self._offer
         super()._start_asgi_task(cycle, app)
+
+    def _send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx interim response (EdgeOffer.interim) for the running exchange, before its final head; never to an
+        HTTP/1.0 client (RFC 9110 15.2), nor once the final response has begun."""
+        cycle = self._running
+        if cycle is None or cycle.response_started or self.transport.is_closing():
+            return
+        if cycle.scope["http_version"] == "1.0":
+            return
+        lines = [STATUS_LINE[status]]
+        for name, value in headers:
+            lines += [name, b": ", value, b"\r\n"]
+        lines.append(b"\r\n")
+        self._writer.write_interim(b"".join(lines))
 
     def _drop_server_date(self) -> None:
         """The app sends a Date of its own (the cache's stored one): uvicorn's would make a second."""

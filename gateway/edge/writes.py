@@ -42,6 +42,11 @@ class HeadHoldingTransport:
             return
         self._transport.write(data)
 
+    def write_interim(self, data: bytes) -> None:
+        """An interim (1xx) response, out at once: the final head is still the next write to hold."""
+        self.flush()
+        self._transport.write(data)
+
     def flush(self) -> None:
         held = self._held
         if held is not None:

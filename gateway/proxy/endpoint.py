@@ -15,11 +15,18 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.client.prebuilt import PairHeaders, prebuilt_request
 from gateway.client.shared import TimedStream, close_response
-from gateway.client.transport import COMPLETE_BODY, HOLD_FOR_SPLICE, TLS_CONTEXT
+from gateway.client.transport import COMPLETE_BODY, HOLD_FOR_SPLICE, INTERIM, TLS_CONTEXT
 from gateway.edge.splice import SPLICE_MESSAGE
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
 from gateway.exchange import Exchange, exchange_of, query_of, target_of
-from gateway.proxy.headers import BODYLESS_STATUSES, ForwardedFor, client_response_headers, upstream_request_headers
+from gateway.proxy.headers import (
+    BODYLESS_STATUSES,
+    HOP_BY_HOP,
+    ForwardedFor,
+    client_response_headers,
+    connection_named,
+    upstream_request_headers,
+)
 from gateway.proxy.retries import NOT_SENT, RetryPolicy
 from gateway.proxy.websocket_relay import WebSocketRelay
 from gateway.routing.paths import strip_segments, url_safe
@@ -97,6 +104,13 @@ class Relay:
         while (await self.receive())["type"] != "http.disconnect":
             pass
         self._client_went_away()
+
+    def interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """An upstream's 102 or 103, on to the client through the edge (never to the cache: it is no response)."""
+        edge = self.exchange.edge
+        if edge is not None and edge.interim is not None and not self.response_started:
+            dropped = HOP_BY_HOP | connection_named(headers)
+            edge.interim(status, [(name, value) for name, value in headers if name.lower() not in dropped])
 
     def stop_watching(self) -> None:
         self.exchange.on_client_gone = None
@@ -352,6 +366,9 @@ class ProxyEndpoint:
         extensions: dict[str, object] = {"timeout": self._timeouts, **self._tls_extension}
         if self._may_splice(relay):
             extensions[HOLD_FOR_SPLICE] = True  # _respond offers a long body to splice(2)
+        edge = relay.exchange.edge
+        if edge is not None and edge.interim is not None:
+            extensions[INTERIM] = relay.interim  # 103 Early Hints go to the client as they come
         # Headers and framing are complete, so httpx is handed the stream as is (no re-encoding).
         return prebuilt_request(
             scope["method"], upstream.url_for(url_safe(target)), PairHeaders(upstream_headers), body, extensions

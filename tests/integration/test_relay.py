@@ -228,3 +228,42 @@ def test_streamed_events_reach_the_client_one_by_one_as_the_upstream_writes_them
                 if number < len(delivered):
                     delivered[number].set()
     assert received == [b"data: %d\n\n" % number for number in range(5)]
+
+
+def test_early_hints_reach_the_client_before_the_final_response_and_are_not_cached() -> None:
+    """An upstream's 103 goes on to the client at once, where the edge serves (issue 30): the upstream sends its
+    final answer only after the client has the hints. The cache stores the final answer alone."""
+    hinted = threading.Event()
+
+    def hints_first(handler: UpstreamHandler, request: Received) -> None:
+        handler.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n"
+        )
+        if request.target.endswith(b"/first"):
+            assert hinted.wait(10), "the client never saw the 103"
+        handler.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok")
+
+    route = {"prefix": "/api", "cache": {"enabled": True}}
+    with scripted_upstream(hints_first) as upstream, gateway({**route, "upstreams": [upstream.url]}) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"GET /api/first HTTP/1.1\r\nHost: gw\r\n\r\n")
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            interim = received
+            hinted.set()
+            while not received.endswith(b"ok"):
+                received += conn.recv(65536)
+            conn.sendall(b"GET /api/first HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            hit = b""
+            while chunk := conn.recv(65536):
+                hit += chunk
+        old_client = raw_request(url, b"GET /api/old HTTP/1.0\r\nHost: gw\r\n\r\n")
+    assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n") and b"Link: </app.css>; rel=preload" in interim
+    assert b"X-Hop" not in interim and b"Connection: x-hop" not in interim  # hop-by-hop, as on final responses
+    final = received[received.index(b"\r\n\r\n") + 4 :]
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert hit.startswith(b"HTTP/1.1 200 OK\r\n") and b"cache-status: gateway; hit" in hit.lower()
+    assert b"103" not in hit.split(b"\r\n")[0] and b"app.css" not in hit  # the hints were never stored
+    assert old_client.startswith(b"HTTP/1.1 200") or old_client.startswith(b"HTTP/1.0 200")  # no 1xx to HTTP/1.0

@@ -21,6 +21,9 @@ from gateway.edge.deadline import Deadline
 
 # Pause reading from the upstream once this much body is buffered and unread by the client side.
 READ_HIGH_WATER = 256 * 1024
+# Interim responses handed on to the caller: Processing and Early Hints (RFC 9110 15.2; RFC 8297).
+RELAYED_INTERIM = frozenset({102, 103})
+InterimHandler = Callable[[int, list[tuple[bytes, bytes]]], None]
 # An idle connection is given up this long before the upstream said it would close it (`Keep-Alive:
 # timeout=N`), so that a request is not sent just as the upstream's own timer closes the connection.
 KEEP_ALIVE_MARGIN = 1.0
@@ -107,6 +110,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._on_interim: InterimHandler | None = None
+        self._interim_status = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -215,7 +220,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
-            return  # interim (1xx) response: its headers are dropped in on_message_complete
+            self._interim_status = status  # interim (1xx) response: handed on or dropped in on_message_complete
+            return
         if status > 599:
             # RFC 9110 15: outside 100-599 a status is invalid, to be treated as a server error.
             raise _InvalidStatus(status)
@@ -247,7 +253,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if not self.head_done:
-            self.headers = []  # an interim (1xx) response's
+            # An interim response: 102 and 103 go to whoever asked for them (100 and 101 are the transport's).
+            if self._on_interim is not None and self._interim_status in RELAYED_INTERIM:
+                self._on_interim(self._interim_status, self.headers)
+            self.headers = []
             self._declared_length = None
             self._chunked = False
             return
@@ -261,11 +270,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the exchange -----------------------------------------------------------------------------
 
-    def start_exchange(self, head_only: bool, hold_for_splice: bool = False) -> None:
+    def start_exchange(
+        self, head_only: bool, hold_for_splice: bool = False, on_interim: InterimHandler | None = None
+    ) -> None:
         self._reset_exchange()
         self.active = True
         self.head_only = head_only
         self.hold_for_splice = hold_for_splice
+        self._on_interim = on_interim
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.closed:

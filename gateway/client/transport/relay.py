@@ -26,6 +26,9 @@ TLS_CONTEXT = "gateway.tls_context"
 # Request extension, true when the caller will offer a long Content-Length body to splice(2) (ResponseBody's
 # splice_source): the transport then leaves it in the socket instead of reading on past the head.
 HOLD_FOR_SPLICE = "gateway.hold_for_splice"
+# Request extension: a callable given each 102 or 103 interim response (status, raw header pairs) as it arrives,
+# before the final one; without it they are dropped.
+INTERIM = "gateway.interim"
 
 # Safe to send twice (RFC 9110 9.2.2): retried once when a reused connection turns out to be dead.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -59,7 +62,9 @@ class RelayTransport(httpx.AsyncBaseTransport):
         while True:
             conn = await pool.acquire(timeouts.get("pool"), timeouts.get("connect"))
             try:
-                conn.start_exchange(request.method == "HEAD", HOLD_FOR_SPLICE in request.extensions)
+                conn.start_exchange(
+                    request.method == "HEAD", HOLD_FOR_SPLICE in request.extensions, request.extensions.get(INTERIM)
+                )
                 if replayable:
                     conn.write(head + b"".join(cast(httpx.ByteStream, body)))
                 else:
