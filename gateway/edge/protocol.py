@@ -77,6 +77,20 @@ UNSUPPORTED_CODING = Refusal(501, "Only the chunked transfer coding is supported
 BAD_VERSION = Refusal(505, "Only HTTP versions 1.0 and 1.1 are supported.", "bad_version")
 
 
+# uvicorn's protocol logs this before every refusal, and the edge logs its own line naming the refusal
+# (send_400_response): the edge's protocols log through a child of uvicorn's logger that leaves this one out.
+UVICORN_REFUSAL_LINE = "Invalid HTTP request received."
+
+
+class _OwnRefusalLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != UVICORN_REFUSAL_LINE
+
+
+SERVER_LOG = logging.getLogger("uvicorn.error.edge")
+SERVER_LOG.addFilter(_OwnRefusalLines())
+
+
 class _Refused(Exception):
     """Raised from a parser callback; httptools turns it into a parser error, which ends in send_400_response."""
 
@@ -90,6 +104,9 @@ class EdgeProtocol(SendTimeout, HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        if SERVER_LOG.level != self.logger.level:
+            SERVER_LOG.setLevel(self.logger.level)  # uvicorn compares `.level` itself (its TRACE checks)
+        self.logger = SERVER_LOG
         if self.ws_protocol_class is WebSocketsSansIOProtocol:  # uvicorn's default; one chosen on purpose is kept
             self.ws_protocol_class = EdgeWebSocketProtocol
         limits = limits_for(config)

@@ -340,3 +340,31 @@ def test_connections_over_the_cap_get_503(upstream: ScriptedServer) -> None:
             time.sleep(0.05)
     assert status_of(over) == 503
     assert after.status_code == 200
+
+
+class _Collected(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+def test_a_refused_request_is_logged_once_by_the_gateway_not_twice(
+    upstream: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn's "Invalid HTTP request received." came beside the gateway's own line naming the refusal
+    (issue 30): only the gateway's is left. Other uvicorn lines still come through."""
+    collected = _Collected()
+    with caplog.at_level(logging.INFO, logger="gateway.server"), edge(upstream.url) as address:
+        for name in ("uvicorn", "gateway.server"):  # once uvicorn has configured its loggers
+            logging.getLogger(name).addHandler(collected)
+        try:
+            answer = exchange(address, b"GET /api/a HTTP/1.1\r\nHost: gw\r\nContent-Length: x\r\n\r\n")
+        finally:
+            for name in ("uvicorn", "gateway.server"):
+                logging.getLogger(name).removeHandler(collected)
+    assert status_of(answer) == 400
+    assert not [line for line in collected.lines if "Invalid HTTP request received" in line]
+    assert [line for line in collected.lines if line.startswith("gateway.server: refused a request from")]

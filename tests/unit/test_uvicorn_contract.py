@@ -11,7 +11,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.edge.cycle import EdgeCycle
-from gateway.edge.protocol import EdgeProtocol
+from gateway.edge.protocol import UVICORN_REFUSAL_LINE, EdgeProtocol
 from gateway.edge.websocket_protocol import EdgeWebSocketProtocol
 
 # The uvicorn versions the edge is tested with (requirements.txt pins one; the README says so).
@@ -84,3 +84,8 @@ def test_the_adoption_finds_the_loader_it_walks_the_stack_for() -> None:
     # The protocol class is resolved in load(), before the app is imported (and so before the adoption).
     load = inspect.getsource(uvicorn.Config.load)
     assert load.index("self.http_protocol_class") < load.index("self.load_app()")
+
+
+def test_the_refusal_line_the_edge_leaves_out_is_still_uvicorns() -> None:
+    """gateway.edge.protocol filters exactly this line of uvicorn's (its own names the refusal instead)."""
+    assert repr(UVICORN_REFUSAL_LINE) in inspect.getsource(HttpToolsProtocol.data_received).replace('"', "'")
