@@ -205,7 +205,12 @@ def _route_plan(settings: GatewaySettings, route: RouteSettings, index: int) -> 
 
 def chain_section() -> str:
     """The README's chain section: every stage the plan may hold, in order, with the settings that put it there."""
-    rows = ["| where | step | when |", "|---|---|---|", "| server | last-resort error handler (500 problem) | always |"]
+    rows = [
+        "| where | step | when |",
+        "|---|---|---|",
+        "| app | middleware added with `app.add_middleware` (inside Starlette's error middleware) | when added |",
+        "| global | the last resort: a 500 problem for an exception before anything was sent | always |",
+    ]
     rows += [f"| global | {stage.name} | {stage.when} |" for stage in GLOBAL_STAGES]
     rows += [
         "| global | middleware from settings (`[[middleware]]`) | when named |",
