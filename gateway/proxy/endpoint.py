@@ -18,7 +18,7 @@ from gateway.client.shared import TimedStream, close_response
 from gateway.client.transport import COMPLETE_BODY, HOLD_FOR_SPLICE, INTERIM, TLS_CONTEXT
 from gateway.edge.splice import SPLICE_MESSAGE
 from gateway.errors import BadRequest, BodyTooLarge, ClientGone, NoUpstream, failure_for, send_problem
-from gateway.exchange import Exchange, exchange_of, query_of, target_of
+from gateway.exchange import Exchange, exchange_of
 from gateway.proxy.headers import (
     BODYLESS_STATUSES,
     HOP_BY_HOP,
@@ -29,7 +29,7 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.retries import NOT_SENT, RetryPolicy
 from gateway.proxy.websocket_relay import WebSocketRelay
-from gateway.routing.paths import strip_segments, url_safe
+from gateway.routing.paths import upstream_target, url_safe
 from gateway.stages.clientip_resolver import ClientIPResolver
 from gateway.upstream.pool import Upstream, UpstreamPool
 from settings import RouteSettings
@@ -338,12 +338,7 @@ class ProxyEndpoint:
         self, scope: Scope, relay: Relay, upstream: Upstream, declared_length: int, chunked: bool
     ) -> httpx.Request:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        raw_path = target_of(scope)
-        path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
-        target = upstream.base_path + path
-        query = query_of(scope)
-        if query is not None:
-            target += b"?" + query
+        target = upstream_target(scope, upstream.base_path, self._prefix if self._strip else None)
         peer = scope["client"][0] if scope.get("client") else ""
         forwarded = ForwardedFor(
             peer=peer,

@@ -18,9 +18,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway.errors import refuse
-from gateway.exchange import exchange_of, query_of, request_id_of, target_of
+from gateway.exchange import exchange_of, request_id_of
 from gateway.proxy.headers import FORWARDING, HOP_BY_HOP, connection_named
-from gateway.routing.paths import strip_segments, url_safe
+from gateway.routing.paths import upstream_target, url_safe
 from gateway.upstream.pool import Upstream, UpstreamPool
 from settings import RouteSettings
 
@@ -85,12 +85,7 @@ class WebSocketRelay:
             upstream.in_flight -= 1
 
     def _upstream_uri(self, scope: Scope, upstream: Upstream) -> str:
-        raw_path = target_of(scope)
-        path = strip_segments(raw_path, self._prefix) if self._strip else raw_path
-        target = upstream.base_path + path
-        query = query_of(scope)
-        if query is not None:
-            target += b"?" + query
+        target = upstream_target(scope, upstream.base_path, self._prefix if self._strip else None)
         scheme = "wss" if upstream.scheme == "https" else "ws"
         return f"{scheme}://{upstream.host_header.decode('idna')}{url_safe(target).decode('ascii')}"
 

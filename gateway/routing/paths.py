@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
+from starlette.types import Scope
+
 from gateway.errors import BadRequest
+from gateway.exchange import query_of, target_of
 
 # Anything that needs the slow, segment-by-segment look; most paths match none of it.
 _NEEDS_CHECK = re.compile(rb"[%\\;\x00-\x20\x7f-\xff]|//|/\.")
@@ -68,6 +71,15 @@ def strip_segments(raw_path: bytes, prefix: bytes) -> bytes:
             index += 1
         rest = b"/" + b"/".join(parts[index:])
     return b"/" + rest.lstrip(b"/") if rest else b"/"
+
+
+def upstream_target(scope: Scope, base_path: bytes, strip: bytes | None) -> bytes:
+    """The target an upstream is sent: its base path, the client's path as sent (minus the route prefix `strip`
+    when the route strips it), and the query as sent (an empty one included)."""
+    raw_path = target_of(scope)
+    target = base_path + (strip_segments(raw_path, strip) if strip is not None else raw_path)
+    query = query_of(scope)
+    return target if query is None else target + b"?" + query
 
 
 def url_safe(raw_path: bytes) -> bytes:
